@@ -1,0 +1,174 @@
+"""The one frozen configuration object, parsed and validated once at start."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from .errors import ConfigError
+
+DEFAULT_SNS_CERT_URL_PATTERN = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+TRANSPORTS = ("ses", "outbox")
+LOG_FORMATS = ("console", "json")
+
+
+@dataclass(frozen=True)
+class Settings:
+    aws_region: str = "ap-northeast-2"
+    email_sender: str = ""
+    ses_config_set: str = ""
+    email_transport: str = "outbox"
+    server_port: int = 3000
+    server_host: str = "http://localhost:3000"
+    api_key: str = ""
+    db_path: Path = Path("data/app.db")
+    outbox_dir: Path = Path("data/outbox")
+    # Sends per second over any sliding one-second window; 0 means unlimited.
+    email_rate: float = 14.0
+    max_concurrent: int = 28
+    max_request_mb: float = 32.0
+    sns_cert_url_pattern: str = DEFAULT_SNS_CERT_URL_PATTERN
+    sns_topic_arns: frozenset[str] = field(default_factory=frozenset)
+    sentry_dsn: str = ""
+    env: str = "dev"
+    log_format: str = "json"
+    log_level: str = "info"
+    tracking_key: str = ""
+    bulk: bool = True
+    shutdown_grace: float = 10.0
+    max_attempts: int = 8
+    # Environment variables botocore reads itself (endpoint overrides, credentials) are passed
+    # through untouched; this keeps the record of them for the children.
+    aws_env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * 1024 * 1024)
+
+    @property
+    def unlimited_rate(self) -> bool:
+        return self.email_rate == 0
+
+    @property
+    def cert_url_re(self) -> re.Pattern[str]:
+        return re.compile(self.sns_cert_url_pattern)
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(name, f"expected true or false, got {raw!r}")
+
+
+def _number(name: str, raw: str, *, minimum: float, maximum: float | None = None) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a number, got {raw!r}") from None
+    if value != value or value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f">= {minimum:g}"
+        raise ConfigError(name, f"must be {bound}, got {raw!r}")
+    return value
+
+
+def _integer(name: str, raw: str, *, minimum: int, maximum: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(name, f"expected a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(name, f"must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _has_aws_credentials(env: Mapping[str, str]) -> bool:
+    return bool(env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")) or bool(
+        env.get("AWS_PROFILE")
+    )
+
+
+def read_environment(env_file: str | os.PathLike[str] = ".env") -> dict[str, str]:
+    """The process environment over the values of a `.env` file (the environment wins)."""
+    merged = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    merged.update(os.environ)
+    return merged
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Build and validate the settings; raises ConfigError naming the bad variable."""
+    if env is None:
+        env = read_environment()
+
+    def get(name: str, default: str = "") -> str:
+        return env.get(name, default).strip()
+
+    transport = get("EMAIL_TRANSPORT") or ("ses" if _has_aws_credentials(env) else "outbox")
+    if transport not in TRANSPORTS:
+        raise ConfigError("EMAIL_TRANSPORT", f"must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+
+    sender = get("EMAIL_SENDER")
+    if transport == "ses" and not sender:
+        raise ConfigError("EMAIL_SENDER", "required when EMAIL_TRANSPORT is ses (the From address)")
+    if sender and ("\r" in sender or "\n" in sender or "@" not in sender):
+        raise ConfigError("EMAIL_SENDER", f"not an e-mail address: {sender!r}")
+
+    rate = _number("EMAIL_RATE", get("EMAIL_RATE", "14"), minimum=0, maximum=100_000)
+    default_concurrency = max(1, min(int(2 * rate), 1000)) if rate else 100
+    concurrency = _integer(
+        "MAX_CONCURRENT", get("MAX_CONCURRENT", str(default_concurrency)), minimum=1, maximum=10_000
+    )
+
+    host = get("SERVER_HOST", "http://localhost:3000").rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", host):
+        raise ConfigError("SERVER_HOST", f"must be an http(s) base URL, got {host!r}")
+
+    pattern = get("SNS_CERT_URL_PATTERN", DEFAULT_SNS_CERT_URL_PATTERN)
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError("SNS_CERT_URL_PATTERN", f"not a valid regular expression: {exc}") from None
+
+    log_format = get("LOG_FORMAT") or ("console" if os.isatty(2) else "json")
+    if log_format not in LOG_FORMATS:
+        raise ConfigError("LOG_FORMAT", f"must be console or json, got {log_format!r}")
+    log_level = get("LOG_LEVEL", "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("LOG_LEVEL", f"must be debug, info, warning or error, got {log_level!r}")
+
+    db_path = Path(get("DB_PATH", "./data/app.db"))
+    if not db_path.name:
+        raise ConfigError("DB_PATH", "must name a file")
+
+    return Settings(
+        aws_region=get("AWS_REGION", "ap-northeast-2") or "ap-northeast-2",
+        email_sender=sender,
+        ses_config_set=get("SES_CONFIG_SET"),
+        email_transport=transport,
+        server_port=_integer("SERVER_PORT", get("SERVER_PORT", "3000"), minimum=0, maximum=65535),
+        server_host=host,
+        api_key=get("API_KEY"),
+        db_path=db_path,
+        outbox_dir=Path(get("OUTBOX_DIR") or db_path.parent / "outbox"),
+        email_rate=rate,
+        max_concurrent=concurrency,
+        max_request_mb=_number("MAX_REQUEST_MB", get("MAX_REQUEST_MB", "32"), minimum=0.001),
+        sns_cert_url_pattern=pattern,
+        sns_topic_arns=frozenset(a.strip() for a in get("SNS_TOPIC_ARNS").split(",") if a.strip()),
+        sentry_dsn=get("SENTRY_DSN"),
+        env=get("ENV", "dev") or "dev",
+        log_format=log_format,
+        log_level=log_level,
+        tracking_key=get("TRACKING_KEY"),
+        bulk=_bool("EMAIL_BULK", get("EMAIL_BULK", "true")),
+        shutdown_grace=_number("SHUTDOWN_GRACE", get("SHUTDOWN_GRACE", "10"), minimum=0, maximum=600),
+        max_attempts=_integer("MAX_ATTEMPTS", get("MAX_ATTEMPTS", "8"), minimum=1, maximum=100),
+        aws_env=tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_"))),
+    )

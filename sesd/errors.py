@@ -1,0 +1,44 @@
+"""One root exception; what a failure *means* is its type, never a string match elsewhere."""
+
+from __future__ import annotations
+
+
+class SesdError(Exception):
+    """Root of every error sesd raises on purpose."""
+
+
+class ConfigError(SesdError):
+    """A configuration value is missing or invalid; names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+class StorageFullError(SesdError):
+    """The database cannot grow (disk full or page limit reached)."""
+
+
+class SendError(SesdError):
+    """A send attempt failed; subclasses say whether to try again."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RetryableSendError(SendError):
+    """Transient: network, timeout, 5xx. Retry with backoff."""
+
+
+class ThrottledError(RetryableSendError):
+    """SES said we are over the sending rate. Retry, and slow down."""
+
+
+class PermanentSendError(SendError):
+    """SES refused this message for good (rejected, bad address, unverified identity)."""
+
+
+class SendingPausedError(SendError):
+    """The account cannot send at all right now (paused, suspended). Hold all work."""
