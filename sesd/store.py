@@ -1,0 +1,419 @@
+"""The SQLite store: one apsw connection per process, the schema, and every SQL statement.
+
+Times are integer milliseconds since the epoch. Request statuses are the original service's:
+0 created, 1 processing, 2 sent, 3 failed, 4 stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+import orjson
+
+from .errors import StorageFullError
+
+CREATED, PROCESSING, SENT, FAILED, STOPPED = 0, 1, 2, 3, 4
+STATUS_NAMES = ("created", "processing", "sent", "failed", "stopped")
+
+BUSY_TIMEOUT_MS = 10_000
+
+# Each entry upgrades the schema by one `PRAGMA user_version`; never edit a released entry.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE contents (
+        id          INTEGER PRIMARY KEY,
+        subject     TEXT    NOT NULL,
+        html        TEXT    NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE requests (
+        id           INTEGER PRIMARY KEY,
+        topic_id     TEXT    NOT NULL,
+        email        TEXT    NOT NULL,
+        content_id   INTEGER NOT NULL REFERENCES contents(id),
+        scheduled_at INTEGER NOT NULL,
+        status       INTEGER NOT NULL DEFAULT 0 CHECK (status BETWEEN 0 AND 4),
+        message_id   TEXT,
+        error        TEXT,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        sent_at      INTEGER
+    );
+    -- The scheduler's claim walks this index in (scheduled_at, id) order: no sort.
+    CREATE INDEX requests_due ON requests (status, scheduled_at);
+    -- Topic stats and stop-topic; covers COUNT(*) GROUP BY status.
+    CREATE INDEX requests_topic ON requests (topic_id, status);
+    CREATE INDEX requests_message_id ON requests (message_id) WHERE message_id IS NOT NULL;
+    CREATE INDEX requests_sent_at ON requests (sent_at) WHERE sent_at IS NOT NULL;
+    CREATE TABLE results (
+        id             INTEGER PRIMARY KEY,
+        request_id     INTEGER REFERENCES requests(id),
+        status         TEXT    NOT NULL,
+        raw            TEXT,
+        sns_message_id TEXT    UNIQUE,
+        created_at     INTEGER NOT NULL
+    );
+    CREATE INDEX results_request ON results (request_id, status);
+    CREATE TABLE suppressions (
+        email      TEXT    PRIMARY KEY COLLATE NOCASE,
+        reason     TEXT    NOT NULL,
+        event      TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE idempotency (
+        key        TEXT    PRIMARY KEY,
+        body_hash  TEXT    NOT NULL,
+        response   BLOB    NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    """,
+)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One validated message of an ingest request."""
+
+    topic_id: str
+    emails: Sequence[str]
+    subject: str
+    html: str
+    scheduled_at: int  # ms; already clamped so a past time means "now"
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """Rows the scheduler claimed: jobs to hand on, and how many were stopped as suppressed."""
+
+    jobs: list[tuple[int, str, int]]  # (request_id, email, content_id)
+    suppressed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one job in the sender."""
+
+    request_id: int
+    status: int  # SENT, FAILED, or CREATED (handed back unsent)
+    message_id: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    at: int = 0  # ms
+
+
+class Store:
+    """One process's connection and every query sesd runs."""
+
+    def __init__(self, path: Path | str, *, durable: bool = False,
+                 max_page_count: int | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = apsw.Connection(str(path))
+        self.db.set_busy_timeout(BUSY_TIMEOUT_MS)
+        self._pragma("journal_mode", "WAL")
+        # NORMAL loses at most the last commits on power loss, never corrupts. The API asks for
+        # FULL (durable=True): a 200 for an ingest means the requests are on disk.
+        self._pragma("synchronous", "FULL" if durable else "NORMAL")
+        self._pragma("cache_size", "-65536")
+        self._pragma("foreign_keys", "ON")
+        self._pragma("temp_store", "MEMORY")
+        if max_page_count:
+            self._pragma("max_page_count", str(max_page_count))
+        self._migrate()
+
+    def _pragma(self, name: str, value: str) -> None:
+        self.db.execute(f"PRAGMA {name}={value}").fetchall()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[apsw.Cursor]:
+        """A write transaction taken up front (BEGIN IMMEDIATE) so it waits for the lock with the
+        busy timeout instead of failing on a read-to-write upgrade; SQLITE_FULL becomes
+        StorageFullError after rolling back, so nothing is half-written."""
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException as exc:
+            if not self.db.getautocommit():
+                cur.execute("ROLLBACK")
+            if isinstance(exc, apsw.FullError):
+                raise StorageFullError("the database is full") from exc
+            raise
+        else:
+            try:
+                cur.execute("COMMIT")
+            except apsw.FullError as exc:
+                if not self.db.getautocommit():
+                    cur.execute("ROLLBACK")
+                raise StorageFullError("the database is full") from exc
+
+    def _migrate(self) -> None:
+        if self._user_version() >= len(MIGRATIONS):
+            return
+        with self._write() as cur:
+            version = self._user_version()  # re-read under the lock: another process may have won
+            for number in range(version, len(MIGRATIONS)):
+                cur.execute(MIGRATIONS[number])
+            cur.execute(f"PRAGMA user_version={len(MIGRATIONS)}")
+
+    def _user_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchall()[0][0])
+
+    def query_plan(self, sql: str, bindings: Sequence[Any] = ()) -> list[str]:
+        """EXPLAIN QUERY PLAN details, for tests that keep the hot queries on their indexes."""
+        return [row[3] for row in self.db.execute(f"EXPLAIN QUERY PLAN {sql}", bindings)]
+
+    # -- settings -----------------------------------------------------------------------------
+
+    def get_or_create_setting(self, key: str, make: Callable[[], str]) -> str:
+        """The stored value of `key`, creating it with `make()` the first time (race-free)."""
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        if row:
+            return str(row[0])
+        with self._write() as cur:
+            cur.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, make()))
+            row = cur.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            return str(row[0])
+
+    # -- ingest (API) -------------------------------------------------------------------------
+
+    INSERT_CONTENT = ("INSERT INTO contents (subject, html, created_at) VALUES (?, ?, ?) "
+                      "RETURNING id")
+    # The recipients go in as one JSON array expanded inside SQLite: no per-row Python round trip.
+    INSERT_REQUESTS = """
+        INSERT INTO requests (topic_id, email, content_id, scheduled_at, status, created_at,
+                              updated_at)
+        SELECT ?1, value, ?2, ?3, 0, ?4, ?4 FROM json_each(?5)
+    """
+
+    def insert_messages(self, messages: Iterable[NewMessage], *, idempotency: tuple[str, str, bytes]
+                        | None = None) -> int:
+        """Store every message of one request in one transaction; returns requests created.
+
+        `idempotency` is (key, body hash, response body) kept with the same commit so a retried
+        request can be answered without creating anything."""
+        created_at = now_ms()
+        count = 0
+        with self._write() as cur:
+            for msg in messages:
+                content_id = cur.execute(self.INSERT_CONTENT,
+                                         (msg.subject, msg.html, created_at)).fetchall()[0][0]
+                cur.execute(self.INSERT_REQUESTS, (msg.topic_id, content_id, msg.scheduled_at,
+                                                   created_at, orjson.dumps(list(msg.emails))))
+                count += self.db.changes()
+            if idempotency is not None:
+                cur.execute("INSERT INTO idempotency (key, body_hash, response, created_at) "
+                            "VALUES (?, ?, ?, ?)", (*idempotency, created_at))
+        return count
+
+    def idempotent_response(self, key: str) -> tuple[str, bytes] | None:
+        row = self.db.execute("SELECT body_hash, response FROM idempotency WHERE key = ?",
+                              (key,)).fetchone()
+        return (str(row[0]), bytes(row[1])) if row else None
+
+    def stop_topic(self, topic_id: str) -> int:
+        with self._write() as cur:
+            cur.execute("UPDATE requests SET status = 4, error = 'topic stopped', updated_at = ? "
+                        "WHERE topic_id = ? AND status IN (0, 1)", (now_ms(), topic_id))
+            return self.db.changes()
+
+    # -- scheduler ----------------------------------------------------------------------------
+
+    CLAIM = """
+        UPDATE requests SET status = 1, updated_at = ?1
+        WHERE id IN (SELECT id FROM requests WHERE status = 0 AND scheduled_at <= ?1
+                     ORDER BY scheduled_at, id LIMIT ?2)
+        RETURNING id, email, content_id,
+                  (SELECT reason FROM suppressions WHERE suppressions.email = requests.email)
+    """
+
+    def claim_due(self, limit: int, now: int | None = None) -> Claimed:
+        """Mark up to `limit` due requests processing; suppressed recipients are stopped on the
+        spot with the reason, in the same transaction, and never handed on."""
+        now = now_ms() if now is None else now
+        jobs: list[tuple[int, str, int]] = []
+        suppressed: list[tuple[str, int]] = []
+        with self._write() as cur:
+            for request_id, email, content_id, reason in cur.execute(self.CLAIM, (now, limit)):
+                if reason is None:
+                    jobs.append((request_id, email, content_id))
+                else:
+                    suppressed.append((f"suppressed: {reason}", request_id))
+            if suppressed:
+                cur.executemany("UPDATE requests SET status = 4, error = ? WHERE id = ?",
+                                suppressed)
+        return Claimed(jobs, len(suppressed))
+
+    def contents(self, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+        ids = list(ids)
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(f"SELECT id, subject, html FROM contents WHERE id IN ({marks})", ids)
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def next_due(self) -> int | None:
+        """The earliest scheduled time among created requests (ms), or None when there are none."""
+        row = self.db.execute("SELECT MIN(scheduled_at) FROM requests WHERE status = 0").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def release_processing(self) -> int:
+        """Put every processing request back to created. Only safe while no sender holds work:
+        the supervisor calls it at start and after a sender is gone, never concurrently."""
+        with self._write() as cur:
+            cur.execute("UPDATE requests SET status = 0, updated_at = ? WHERE status = 1",
+                        (now_ms(),))
+            return self.db.changes()
+
+    # -- sender -------------------------------------------------------------------------------
+
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Write a batch of outcomes in one transaction.
+
+        A send that happened is always recorded, even if the topic was stopped meanwhile (status
+        4): hiding a real send would be a lie. A failure or hand-back only touches rows still
+        processing, so a stop wins over them."""
+        sent, failed, released = [], [], []
+        for o in outcomes:
+            if o.status == SENT:
+                sent.append((o.message_id, o.attempts, o.at, o.at, o.request_id))
+            elif o.status == FAILED:
+                failed.append((o.error, o.attempts, o.at, o.request_id))
+            else:
+                released.append((o.at, o.request_id))
+        with self._write() as cur:
+            if sent:
+                cur.executemany("UPDATE requests SET status = 2, message_id = ?, error = NULL, "
+                                "attempts = ?, sent_at = ?, updated_at = ? "
+                                "WHERE id = ? AND status IN (1, 4)", sent)
+            if failed:
+                cur.executemany("UPDATE requests SET status = 3, error = ?, attempts = ?, "
+                                "updated_at = ? WHERE id = ? AND status = 1", failed)
+            if released:
+                cur.executemany("UPDATE requests SET status = 0, updated_at = ? "
+                                "WHERE id = ? AND status = 1", released)
+
+    def stopped_among(self, request_ids: Sequence[int]) -> set[int]:
+        """Which of these requests have been stopped (topic stopped) since they were claimed."""
+        found: set[int] = set()
+        for start in range(0, len(request_ids), 30_000):
+            chunk = list(request_ids[start:start + 30_000])
+            rows = self.db.execute(
+                "SELECT value FROM json_each(?) JOIN requests ON requests.id = value "
+                "WHERE requests.status = 4", (orjson.dumps(chunk),))
+            found.update(row[0] for row in rows)
+        return found
+
+    # -- results (SNS, pixel) -----------------------------------------------------------------
+
+    def find_request(self, request_id: int | None, message_id: str | None) -> int | None:
+        """The request an SES event belongs to: by our X-Request-ID, else by SES message id."""
+        if request_id is not None:
+            row = self.db.execute("SELECT id FROM requests WHERE id = ?", (request_id,)).fetchone()
+            if row:
+                return int(row[0])
+        if message_id:
+            row = self.db.execute("SELECT id FROM requests WHERE message_id = ?",
+                                  (message_id,)).fetchone()
+            if row:
+                return int(row[0])
+        return None
+
+    def record_result(self, *, request_id: int | None, status: str, raw: str | None,
+                      sns_message_id: str | None,
+                      suppress: Sequence[tuple[str, str]] = ()) -> bool:
+        """Store one result (and the suppressions it implies); False if the SNS message was
+        already stored (SNS delivers at least once)."""
+        at = now_ms()
+        with self._write() as cur:
+            cur.execute("INSERT INTO results (request_id, status, raw, sns_message_id, created_at) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sns_message_id) DO NOTHING",
+                        (request_id, status, raw, sns_message_id, at))
+            if not self.db.changes():
+                return False
+            if suppress:
+                cur.executemany(
+                    "INSERT INTO suppressions (email, reason, event, created_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (email) DO UPDATE SET "
+                    "reason = excluded.reason, event = excluded.event, "
+                    "created_at = excluded.created_at",
+                    [(email, reason, sns_message_id, at) for email, reason in suppress])
+        return True
+
+    def record_open(self, request_id: int) -> bool:
+        """One Open result for an existing request; False if there is no such request."""
+        with self._write() as cur:
+            cur.execute("INSERT INTO results (request_id, status, created_at) "
+                        "SELECT id, 'Open', ? FROM requests WHERE id = ?", (now_ms(), request_id))
+            return self.db.changes() > 0
+
+    # -- suppression list ---------------------------------------------------------------------
+
+    def list_suppressions(self, *, limit: int = 100, after: str = "") -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT email, reason, event, created_at FROM suppressions "
+                               "WHERE email > ? ORDER BY email LIMIT ?", (after, limit))
+        return [{"email": e, "reason": r, "event": ev, "createdAt": c} for e, r, ev, c in rows]
+
+    def is_suppressed(self, email: str) -> bool:
+        return self.db.execute("SELECT 1 FROM suppressions WHERE email = ?",
+                               (email,)).fetchone() is not None
+
+    def add_suppression(self, email: str, reason: str, event: str | None = None) -> None:
+        with self._write() as cur:
+            cur.execute("INSERT INTO suppressions (email, reason, event, created_at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (email) DO UPDATE SET "
+                        "reason = excluded.reason, event = excluded.event", (email, reason,
+                                                                             event, now_ms()))
+
+    def remove_suppression(self, email: str) -> bool:
+        with self._write() as cur:
+            cur.execute("DELETE FROM suppressions WHERE email = ?", (email,))
+            return self.db.changes() > 0
+
+    # -- stats --------------------------------------------------------------------------------
+
+    TOPIC_REQUESTS = "SELECT status, COUNT(*) FROM requests WHERE topic_id = ? GROUP BY status"
+    TOPIC_RESULTS = """
+        SELECT results.status, COUNT(DISTINCT results.request_id)
+        FROM requests JOIN results ON results.request_id = requests.id
+        WHERE requests.topic_id = ? GROUP BY results.status
+    """
+    SENT_SINCE = "SELECT COUNT(*) FROM requests WHERE sent_at >= ?"
+
+    def topic_stats(self, topic_id: str) -> dict[str, Any]:
+        counts = dict.fromkeys(STATUS_NAMES, 0)
+        for status, n in self.db.execute(self.TOPIC_REQUESTS, (topic_id,)):
+            counts[STATUS_NAMES[status]] = n
+        statuses = {status: n for status, n in self.db.execute(self.TOPIC_RESULTS, (topic_id,))}
+        return {"request": {"total": sum(counts.values()), **counts},
+                "result": {"statuses": statuses}}
+
+    def sent_since(self, since_ms: int) -> int:
+        return int(self.db.execute(self.SENT_SINCE, (since_ms,)).fetchone()[0])
+
+    def request_row(self, request_id: int) -> dict[str, Any] | None:
+        """One request as a dict (operators' debugging and tests)."""
+        cur = self.db.execute("SELECT * FROM requests WHERE id = ?", (request_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in cur.getdescription()], row, strict=True))

@@ -1,0 +1,76 @@
+"""Per-process logging and error reporting, set up again in every child after spawn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from .config import Settings
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+def setup(settings: Settings, role: str) -> structlog.stdlib.BoundLogger:
+    """Configure structlog (and Sentry when a DSN is set) for this process; return its logger."""
+    level = _LEVELS.get(settings.log_level, logging.INFO)
+    renderer: Any
+    if settings.log_format == "json":
+        try:
+            import orjson
+
+            renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+            factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        except ImportError:  # pragma: no cover - orjson is a dependency
+            renderer = structlog.processors.JSONRenderer()
+            factory = structlog.PrintLoggerFactory(sys.stderr)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        factory = structlog.PrintLoggerFactory(sys.stderr)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=factory,
+        # Loggers are not cached across processes: each child configures its own after spawn.
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(role=role)
+    # Libraries that log through the standard library (aiohttp, botocore) go to stderr at WARNING.
+    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr,
+                        format=f"%(asctime)s {role} %(name)s %(levelname)s %(message)s")
+    if settings.sentry_dsn:
+        _setup_sentry(settings, role)
+    return structlog.get_logger()
+
+
+def _setup_sentry(settings: Settings, role: str) -> None:
+    import sentry_sdk
+
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn,
+        environment=settings.env,
+        # Only errors: tracing every e-mail would cost more than sending it.
+        traces_sample_rate=0.0,
+        server_name=None,
+    )
+    sentry_sdk.set_tag("role", role)
+
+
+def capture(exc: BaseException) -> None:
+    """Report an unexpected error to Sentry if it is configured (a no-op otherwise)."""
+    try:
+        import sentry_sdk
+
+        sentry_sdk.capture_exception(exc)
+    except Exception:  # pragma: no cover - reporting must never take the process down
+        pass

@@ -1,0 +1,124 @@
+"""Messages as RFC 5322 `.eml` files in a folder: sesd runs end to end without an AWS account."""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import email.utils
+import html
+import os
+import uuid
+from collections.abc import Sequence
+from email.message import EmailMessage
+from pathlib import Path
+
+from ..config import Settings
+from ..errors import PermanentSendError, RetryableSendError, SendError
+from .base import PIXEL_PLACEHOLDER, BulkEntry, Email, EntryResult
+
+DEFAULT_SENDER = "sesd@localhost"
+
+
+class OutboxTransport:
+    name = "outbox"
+
+    def __init__(self, settings: Settings) -> None:
+        self._dir = Path(settings.outbox_dir)
+        self._sender = settings.email_sender or DEFAULT_SENDER
+        # make_msgid() without a domain asks DNS for the host name on every call.
+        self._domain = self._sender.rpartition("@")[2] or "localhost"
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        return None
+
+    async def send(self, email: Email) -> str:
+        return await asyncio.to_thread(
+            self._write, email.request_id, email.to, email.subject, email.html
+        )
+
+    async def send_bulk(
+        self, subject: str, html_template: str, entries: Sequence[BulkEntry]
+    ) -> list[EntryResult]:
+        if not entries:
+            return []
+        # One thread hop for the whole batch, not one per file.
+        return await asyncio.to_thread(self._write_bulk, subject, html_template, list(entries))
+
+    async def max_send_rate(self) -> float | None:
+        return None
+
+    # -- runs in a worker thread ------------------------------------------
+
+    def _write_bulk(
+        self, subject: str, html_template: str, entries: list[BulkEntry]
+    ) -> list[EntryResult]:
+        results: list[EntryResult] = []
+        for entry in entries:
+            body = html_template.replace(PIXEL_PLACEHOLDER, html.escape(entry.pixel_url))
+            try:
+                message_id = self._write(entry.request_id, entry.to, subject, body)
+            except SendError as exc:
+                results.append(EntryResult(entry.request_id, None, exc))
+            else:
+                results.append(EntryResult(entry.request_id, message_id, None))
+        return results
+
+    def _write(self, request_id: int, to: str, subject: str, body: str) -> str:
+        token = uuid.uuid4().hex
+        data = self._render(request_id, to, subject, body, token)
+        name = f"{request_id}-{token}.eml"
+        final = self._dir / name
+        # Same folder, so os.replace is an atomic rename: a reader sees the whole file or none.
+        # No fsync: the outbox is for development; a power cut may leave an empty file behind,
+        # but a live reader never sees half a message.
+        tmp = self._dir / f".{name}.tmp"
+        try:
+            try:
+                with open(tmp, "xb") as f:
+                    f.write(data)
+                os.replace(tmp, final)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise RetryableSendError(f"outbox write failed: {exc}", code="OutboxWrite") from exc
+        return f"outbox-{token}"
+
+    def _render(self, request_id: int, to: str, subject: str, body: str, token: str) -> bytes:
+        for name, value in (("To", to), ("Subject", subject)):
+            # The email package refuses a line break inside a header value but lets a trailing
+            # one through, which would end the header block early; refuse every line boundary.
+            if value.splitlines() != ([value] if value else []):
+                raise PermanentSendError(f"line break in {name} header", code="InvalidHeader")
+        msg = EmailMessage(policy=email.policy.SMTP)
+        try:
+            msg["From"] = self._sender
+            msg["To"] = to
+            msg["Subject"] = subject
+            msg["Date"] = email.utils.formatdate(usegmt=True)
+            msg["Message-ID"] = f"<{token}@{self._domain}>"
+            msg["X-Request-ID"] = str(request_id)
+            msg.set_content(body, subtype="html", charset="utf-8")
+            data = msg.as_bytes()
+        except ValueError as exc:  # includes UnicodeEncodeError (lone surrogates)
+            raise PermanentSendError(f"cannot build message: {exc}", code="InvalidMessage") from exc
+        if not _headers_intact(data, len(msg)):
+            raise PermanentSendError("header injection refused", code="InvalidHeader")
+        return data
+
+
+def _headers_intact(data: bytes, fields: int) -> bool:
+    """Whether the written header block holds exactly the `fields` headers that were set.
+
+    An RFC 2047 encoded word can carry an escaped CR LF ("=?utf-8?q?=0D=0ABcc:...?="); Python
+    before 3.11.10 decodes it when the header is set and writes it back out raw (CVE-2024-6923),
+    adding a header or ending the block early. Both change the count of unfolded lines.
+    """
+    head = data.partition(b"\r\n\r\n")[0]
+    lines = head.split(b"\r\n")
+    if any(b"\r" in line or b"\n" in line for line in lines):
+        return False
+    return sum(1 for line in lines if line[:1] not in (b" ", b"\t")) == fields

@@ -1,0 +1,253 @@
+"""Amazon SES v2 through one aiobotocore client per process.
+
+Every botocore/aiohttp failure is translated into a SendError subclass here, in `classify`, and
+nowhere else. botocore's own retries are off: the sender retries, so that every attempt passes
+its token bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from ..config import Settings
+from ..errors import (
+    PermanentSendError,
+    RetryableSendError,
+    SendError,
+    SendingPausedError,
+    ThrottledError,
+)
+from .base import MAX_BULK_ENTRIES, PIXEL_VARIABLE, BulkEntry, Email, EntryResult
+
+_THROTTLE_CODES = frozenset(
+    {"TooManyRequestsException", "Throttling", "ThrottlingException", "ThrottledException"}
+)
+_PAUSED_CODES = frozenset({"SendingPausedException", "AccountSuspendedException"})
+# A bad or expired key refuses every message alike: failing each request for good would empty
+# the queue into "failed" while an operator fixes one variable, so hold all work instead.
+_CREDENTIAL_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "ExpiredTokenException",
+        "IncompleteSignatureException",
+        "InvalidClientTokenId",
+        "MissingAuthenticationTokenException",
+        "SignatureDoesNotMatch",
+        "UnrecognizedClientException",
+    }
+)
+
+# SendBulkEmail answers one Status per entry instead of raising; this is what each one means.
+# Unknown statuses are treated as retryable.
+ENTRY_STATUS_ERRORS: dict[str, type[SendError]] = {
+    "ACCOUNT_THROTTLED": ThrottledError,
+    # The 24-hour quota frees up slowly over the rolling day: hold everything, don't burn retries.
+    "ACCOUNT_DAILY_QUOTA_EXCEEDED": SendingPausedError,
+    "ACCOUNT_SUSPENDED": SendingPausedError,
+    "ACCOUNT_SENDING_PAUSED": SendingPausedError,
+    "CONFIGURATION_SET_SENDING_PAUSED": SendingPausedError,
+    "MESSAGE_REJECTED": PermanentSendError,
+    "MAIL_FROM_DOMAIN_NOT_VERIFIED": PermanentSendError,
+    "CONFIGURATION_SET_NOT_FOUND": PermanentSendError,
+    "TEMPLATE_NOT_FOUND": PermanentSendError,
+    "INVALID_SENDING_POOL_NAME": PermanentSendError,
+    "INVALID_PARAMETER": PermanentSendError,
+    "TRANSIENT_FAILURE": RetryableSendError,
+    "FAILED": RetryableSendError,
+}
+
+
+def classify(exc: BaseException) -> SendError:
+    """Translate whatever a SES call raised into what it means for the sender."""
+    if isinstance(exc, SendError):
+        return exc
+    if isinstance(exc, ClientError):
+        return _classify_client_error(exc)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return SendingPausedError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__)
+    if isinstance(exc, HTTPClientError | BotoConnectionError | aiohttp.ClientError | OSError):
+        # OSError covers TimeoutError (asyncio's too) and refused or reset connections.
+        text = str(exc) or "SES call timed out"
+        return RetryableSendError(f"{type(exc).__name__}: {text}", code=type(exc).__name__)
+    if isinstance(exc, BotoCoreError):
+        # Parameter validation and the like: this request will never be accepted as built.
+        return PermanentSendError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__)
+    return RetryableSendError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__)
+
+
+def _classify_client_error(exc: ClientError) -> SendError:
+    error = exc.response.get("Error") or {}
+    code = str(error.get("Code") or "Unknown")
+    message = str(error.get("Message") or "")
+    status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
+    text = f"{code}: {message}" if message else code
+    lowered = message.lower()
+    if code in _PAUSED_CODES or code in _CREDENTIAL_CODES or "daily message quota" in lowered:
+        return SendingPausedError(text, code=code)
+    if code in _THROTTLE_CODES or status == 429:
+        return ThrottledError(text, code=code)
+    if code == "LimitExceededException" and "rate" in lowered:
+        return ThrottledError(text, code=code)
+    if status >= 500 or (not status and code in ("InternalFailure", "ServiceUnavailable")):
+        return RetryableSendError(text, code=code)
+    return PermanentSendError(text, code=code)
+
+
+def classify_entry(status: str, error: str | None) -> SendError | None:
+    """The meaning of one BulkEmailEntryResult; None for SUCCESS."""
+    if status == "SUCCESS":
+        return None
+    kind = ENTRY_STATUS_ERRORS.get(status, RetryableSendError)
+    return kind(f"{status}: {error}" if error else status, code=status)
+
+
+class SesTransport:
+    name = "ses"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 20.0,
+        call_timeout: float = 30.0,
+    ) -> None:
+        self._settings = settings
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        # Outer guard: botocore's timeouts bound each socket read, not the whole call.
+        self._call_timeout = call_timeout
+        self._sender = settings.email_sender
+        self._config_set = settings.ses_config_set
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        config = AioConfig(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            max_pool_connections=self._settings.max_concurrent,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            tcp_keepalive=True,
+        )
+        # No endpoint_url: botocore honours AWS_ENDPOINT_URL(_SESV2) itself.
+        self._client = await self._stack.enter_async_context(
+            AioSession().create_client(
+                "sesv2", region_name=self._settings.aws_region, config=config
+            )
+        )
+
+    async def close(self) -> None:
+        self._client = None
+        await self._stack.aclose()
+
+    async def send(self, email: Email) -> str:
+        request: dict[str, Any] = {
+            "FromEmailAddress": self._sender,
+            "Destination": {"ToAddresses": [email.to]},
+            "Content": {
+                "Simple": {
+                    "Subject": {"Data": email.subject, "Charset": "UTF-8"},
+                    "Body": {"Html": {"Data": email.html, "Charset": "UTF-8"}},
+                    "Headers": [{"Name": "X-Request-ID", "Value": str(email.request_id)}],
+                }
+            },
+        }
+        if self._config_set:
+            request["ConfigurationSetName"] = self._config_set
+        client = self._require_client()
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                response = await client.send_email(**request)
+        except Exception as exc:
+            raise classify(exc) from exc
+        return response["MessageId"]
+
+    async def send_bulk(
+        self, subject: str, html_template: str, entries: Sequence[BulkEntry]
+    ) -> list[EntryResult]:
+        if not entries:
+            return []
+        if len(entries) > MAX_BULK_ENTRIES:
+            raise ValueError(
+                f"at most {MAX_BULK_ENTRIES} entries per bulk send, got {len(entries)}"
+            )
+        request: dict[str, Any] = {
+            "FromEmailAddress": self._sender,
+            "DefaultContent": {
+                "Template": {
+                    "TemplateContent": {"Subject": subject, "Html": html_template},
+                    # Optional in the model; every entry brings its own pixel as replacement data.
+                    "TemplateData": "{}",
+                }
+            },
+            "BulkEmailEntries": [
+                {
+                    "Destination": {"ToAddresses": [entry.to]},
+                    "ReplacementEmailContent": {
+                        "ReplacementTemplate": {
+                            "ReplacementTemplateData": orjson.dumps(
+                                {PIXEL_VARIABLE: entry.pixel_url}
+                            ).decode()
+                        }
+                    },
+                    "ReplacementHeaders": [
+                        {"Name": "X-Request-ID", "Value": str(entry.request_id)}
+                    ],
+                }
+                for entry in entries
+            ],
+        }
+        if self._config_set:
+            request["ConfigurationSetName"] = self._config_set
+        client = self._require_client()
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                response = await client.send_bulk_email(**request)
+        except Exception as exc:
+            raise classify(exc) from exc
+        results = response.get("BulkEmailEntryResults") or []
+        out: list[EntryResult] = []
+        for i, entry in enumerate(entries):
+            if i >= len(results):
+                # SES answers one result per entry; should it not, the entry's fate is unknown.
+                missing = RetryableSendError("no result for this entry", code="MissingResult")
+                out.append(EntryResult(entry.request_id, None, missing))
+                continue
+            result = results[i]
+            error = classify_entry(result.get("Status", ""), result.get("Error"))
+            message_id = result.get("MessageId") if error is None else None
+            out.append(EntryResult(entry.request_id, message_id, error))
+        return out
+
+    async def max_send_rate(self) -> float | None:
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                account = await self._require_client().get_account()
+            return float(account["SendQuota"]["MaxSendRate"])
+        except Exception:
+            return None
+
+    def _require_client(self) -> Any:
+        client = self._client
+        if client is None:
+            raise RuntimeError("SesTransport.start() was not awaited")
+        return client
