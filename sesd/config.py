@@ -25,6 +25,7 @@ class Settings:
     email_transport: str = "outbox"
     server_port: int = 3000
     server_host: str = "http://localhost:3000"
+    server_bind: str = "0.0.0.0"
     api_key: str = ""
     db_path: Path = Path("data/app.db")
     outbox_dir: Path = Path("data/outbox")
@@ -42,6 +43,10 @@ class Settings:
     bulk: bool = True
     shutdown_grace: float = 10.0
     max_attempts: int = 8
+    # Most recipients one POST may carry; bounds the API's memory whatever MAX_REQUEST_MB allows.
+    max_recipients: int = 100_000
+    # Test and operations hook: cap the database size (pages) to rehearse a full disk.
+    sqlite_max_pages: int = 0
     # Environment variables botocore reads itself (endpoint overrides, credentials) are passed
     # through untouched; this keeps the record of them for the children.
     aws_env: tuple[tuple[str, str], ...] = ()
@@ -154,6 +159,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         email_transport=transport,
         server_port=_integer("SERVER_PORT", get("SERVER_PORT", "3000"), minimum=0, maximum=65535),
         server_host=host,
+        server_bind=get("SERVER_BIND", "0.0.0.0") or "0.0.0.0",
         api_key=get("API_KEY"),
         db_path=db_path,
         outbox_dir=Path(get("OUTBOX_DIR") or db_path.parent / "outbox"),
@@ -170,5 +176,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         bulk=_bool("EMAIL_BULK", get("EMAIL_BULK", "true")),
         shutdown_grace=_number("SHUTDOWN_GRACE", get("SHUTDOWN_GRACE", "10"), minimum=0, maximum=600),
         max_attempts=_integer("MAX_ATTEMPTS", get("MAX_ATTEMPTS", "8"), minimum=1, maximum=100),
+        max_recipients=_integer("MAX_RECIPIENTS", get("MAX_RECIPIENTS", "100000"), minimum=1,
+                                maximum=10_000_000),
+        sqlite_max_pages=_integer("SQLITE_MAX_PAGES", get("SQLITE_MAX_PAGES", "0"), minimum=0,
+                                  maximum=2**31 - 1),
         aws_env=tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_"))),
     )

@@ -1,0 +1,79 @@
+"""The sender process's entry point: builds its resources after spawn and runs the Sender."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.queues import Queue
+from typing import Any
+
+import structlog
+
+from .. import tracking
+from ..config import Settings
+from ..store import Store
+from ..transports import create_transport
+from .actor import Database, Sender
+
+log = structlog.get_logger()
+
+
+@dataclass
+class SenderChannels:
+    work: Queue[Any]  # Batch messages from the scheduler
+    credits: Connection  # Credit messages back to it
+    stop_epoch: Any  # shared counter the API bumps when a topic is stopped
+
+
+def main(settings: Settings, channels: SenderChannels) -> int:
+    return asyncio.run(_run(settings, channels))
+
+
+async def _run(settings: Settings, channels: SenderChannels) -> int:
+    db = Database(lambda: Store(settings.db_path,
+                                max_page_count=settings.sqlite_max_pages or None))
+    key = settings.tracking_key or await db.run(db.store.get_or_create_setting, "tracking_key",
+                                                tracking.new_key)
+    transport = create_transport(settings)
+    await transport.start()
+    sender = Sender(settings, db, transport, work=channels.work, credits=channels.credits,
+                    stop_epoch=channels.stop_epoch, tracking_key=key)
+    loop = asyncio.get_running_loop()
+    stops = 0
+
+    def on_term() -> None:
+        nonlocal stops
+        stops += 1
+        if stops == 1:
+            log.info("stop requested; draining", grace=settings.shutdown_grace)
+            sender.request_stop()
+        else:  # a second SIGTERM: the operator wants out now; claimed rows are recovered later
+            log.warning("second stop signal; exiting without draining")
+            raise SystemExit(1)
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    try:
+        if settings.email_transport == "ses":
+            await _check_account_rate(settings, transport)
+        log.info("sender started", transport=transport.name,
+                 rate=settings.email_rate or "unlimited",
+                 max_concurrent=settings.max_concurrent, bulk=settings.bulk)
+        sender.start_reader(loop)
+        await sender.run()
+    finally:
+        await transport.close()
+        db.close()
+    return 0
+
+
+async def _check_account_rate(settings: Settings, transport: Any) -> None:
+    max_rate = await transport.max_send_rate()
+    if max_rate is None:
+        log.warning("could not read the SES account's MaxSendRate (GetAccount failed)")
+    elif settings.unlimited_rate or settings.email_rate > max_rate:
+        log.warning("EMAIL_RATE exceeds the SES account's MaxSendRate; SES will throttle",
+                    email_rate=settings.email_rate or "unlimited", max_send_rate=max_rate)
+    else:
+        log.info("SES account send quota", max_send_rate=max_rate)

@@ -1,0 +1,234 @@
+"""`python run.py`: spawns the API, scheduler and sender, restarts what dies, stops in order.
+
+Signal handlers only record the signal; the main loop acts on it (uvicorn's pattern). A child
+that dies is restarted; if it was the scheduler or the sender, the whole pipeline between them is
+restarted on *fresh* queues, because a process killed while holding a multiprocessing.Queue lock
+leaves that queue unusable. The store's claimed rows are the truth: the new scheduler releases
+whatever the dead pipeline held before it claims anything.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from collections import deque
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from typing import Any, TextIO
+
+import structlog
+
+from . import config, telemetry
+from .api.process import ApiChannels
+from .api.process import main as api_main
+from .child import EX_CONFIG, bootstrap
+from .errors import ConfigError, StorageFullError
+from .messages import ROLES
+from .scheduler import SchedulerChannels
+from .scheduler import main as scheduler_main
+from .sender.process import SenderChannels
+from .sender.process import main as sender_main
+from .store import Store
+
+# Exit codes (dramatiq-style names): what the operator should look at.
+RET_OK, RET_CRASH, RET_CONFIG, RET_LOCKED, RET_CHILD_CONFIG = 0, 1, 2, 3, 4
+RESTART_WINDOW = 60.0  # restarts within this many seconds count as a crash loop
+MAX_BACKOFF = 30.0
+
+log = structlog.get_logger()
+
+
+class Supervisor:
+    def __init__(self, settings: config.Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.ctx = mp.get_context("spawn")
+        # pid, alive, restarts per role; the API reads it for /health without asking us.
+        self.health: Any = self.ctx.RawArray("q", 3 * len(ROLES))
+        self.stop_epoch: Any = self.ctx.RawValue("q", 0)
+        self.nudges_r, self.nudges_w = self.ctx.Pipe(duplex=False)
+        self.procs: dict[str, BaseProcess] = {}
+        self.recent: dict[str, deque[float]] = {role: deque() for role in ROLES}
+        self.signals: list[int] = []
+        self._pipeline_ends: list[Any] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+    # -- children -----------------------------------------------------------------------------
+
+    def _spawn(self, role: str, entry: Any, channels: Any) -> None:
+        proc = self.ctx.Process(target=bootstrap, name=f"sesd-{role}",
+                                args=(role, self.settings, os.getpid(), entry, channels))
+        proc.start()
+        self.procs[role] = proc
+        i = ROLES.index(role)
+        self.health[3 * i], self.health[3 * i + 1] = proc.pid or 0, 1
+        log.info("process started", process=role, pid=proc.pid)
+
+    def _start_api(self) -> None:
+        self._spawn("api", api_main, ApiChannels(self.nudges_w, self.health, self.stop_epoch))
+
+    def _start_pipeline(self) -> None:
+        work = self.ctx.Queue()
+        credits_r, credits_w = self.ctx.Pipe(duplex=False)
+        self._pipeline_ends = [work, credits_r, credits_w]
+        s = self.settings
+        # Enough jobs in the sender's hands to keep the bucket busy for ~2 s and every call
+        # slot full, but bounded: a crash can strand no more than this, and only briefly.
+        rate_window = int(2 * s.email_rate) if s.email_rate else 20_000
+        window = min(50_000, max(256, 2 * s.max_concurrent, rate_window))
+        self._spawn("scheduler", scheduler_main,
+                    SchedulerChannels(self.nudges_r, credits_r, work, window))
+        self._spawn("sender", sender_main, SenderChannels(work, credits_w, self.stop_epoch))
+
+    def _stop(self, role: str, timeout: float) -> None:
+        proc = self.procs.get(role)
+        if proc is None:
+            return
+        if proc.is_alive():
+            proc.terminate()
+            deadline = time.monotonic() + timeout
+            while proc.is_alive() and time.monotonic() < deadline and len(self.signals) < 2:
+                proc.join(0.1)
+            if proc.is_alive():
+                log.warning("process did not stop in time; killing it", process=role,
+                            pid=proc.pid)
+                proc.kill()
+                proc.join()
+        self.health[3 * ROLES.index(role) + 1] = 0
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def run(self) -> int:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self._start_api()
+        self._start_pipeline()
+        code = RET_OK
+        while not self.signals:
+            wait([p.sentinel for p in self.procs.values()] + [self._wake_r], timeout=1.0)
+            _drain(self._wake_r)
+            for role, proc in list(self.procs.items()):
+                if proc.is_alive() or self.signals:
+                    continue
+                if proc.exitcode == EX_CONFIG:
+                    log.error("process cannot start; stopping sesd", process=role)
+                    code = RET_CHILD_CONFIG
+                    self.signals.append(signal.SIGTERM)
+                    break
+                self._recover(role, proc)
+        self._shutdown()
+        return code
+
+    def _recover(self, role: str, proc: BaseProcess) -> None:
+        i = ROLES.index(role)
+        self.health[3 * i + 1] = 0
+        self.health[3 * i + 2] += 1
+        log.error("process died", process=role, pid=proc.pid, exitcode=proc.exitcode,
+                  restarts=self.health[3 * i + 2])
+        if not self._backoff(role):
+            return
+        if role == "api":
+            self._start_api()
+            return
+        # Scheduler or sender: the other one goes too (it drains and hands back), then both
+        # start on new queues. The new scheduler starts only once no sender holds rows.
+        other = "sender" if role == "scheduler" else "scheduler"
+        self._stop(other, self.settings.shutdown_grace + 5)
+        for end in self._pipeline_ends:
+            end.close()
+        released = self.store.release_processing()
+        log.info("restarting the pipeline on fresh queues", released=released)
+        self._start_pipeline()
+
+    def _backoff(self, role: str) -> bool:
+        """Sleep before a restart when a child keeps dying; False if a signal came meanwhile."""
+        now = time.monotonic()
+        recent = self.recent[role]
+        while recent and now - recent[0] > RESTART_WINDOW:
+            recent.popleft()
+        recent.append(now)
+        if len(recent) == 1:
+            return True
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** (len(recent) - 2))
+        log.error("process is crash-looping; backing off", process=role,
+                  restarts_last_minute=len(recent), delay=delay)
+        deadline = now + delay
+        while not self.signals and time.monotonic() < deadline:
+            wait([self._wake_r], timeout=deadline - time.monotonic())
+            _drain(self._wake_r)
+        return not self.signals
+
+    def _shutdown(self) -> None:
+        """Intake first, then the scheduler, then the sender drains within its grace."""
+        log.info("shutting down")
+        grace = self.settings.shutdown_grace
+        self._stop("api", grace + 5)
+        self._stop("scheduler", 5)
+        self._stop("sender", grace + 5)
+        released = self.store.release_processing()
+        log.info("stopped", returned_to_created=released)
+
+
+def _drain(fd: int) -> None:
+    os.set_blocking(fd, False)
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _fail(message: str, stream: TextIO = sys.stderr) -> None:
+    print(f"sesd: {message}", file=stream, flush=True)
+
+
+def main() -> int:
+    try:
+        settings = config.load()
+    except ConfigError as exc:
+        _fail(f"configuration error: {exc}")
+        return RET_CONFIG
+    telemetry.setup(settings, "supervisor")
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle("sesd: supervisor")
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(f"{settings.db_path}.lock", "a")  # noqa: SIM115 - held for our lifetime
+    except OSError as exc:
+        _fail(f"configuration error: DB_PATH: cannot use {settings.db_path}: {exc.strerror}")
+        return RET_CONFIG
+    try:
+        # One sesd per database: two schedulers would each think the other's rows stranded.
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _fail(f"another sesd is already running on {settings.db_path}")
+        return RET_LOCKED
+    try:
+        store = Store(settings.db_path, max_page_count=settings.sqlite_max_pages or None)
+        released = store.release_processing()
+    except StorageFullError:
+        released = 0  # nothing to release can't be written; sending can still proceed
+    except Exception as exc:
+        _fail(f"configuration error: DB_PATH: cannot open {settings.db_path}: {exc}")
+        return RET_CONFIG
+    log.info("sesd starting", transport=settings.email_transport, port=settings.server_port,
+             rate=settings.email_rate or "unlimited", db=str(settings.db_path),
+             released=released)
+    try:
+        return Supervisor(settings, store).run()
+    finally:
+        store.close()
+        lock.close()

@@ -1,0 +1,127 @@
+"""The Sender in-process: real SQLite, the real SES transport, the stand-in on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sesd.config import Settings
+from sesd.messages import Batch, Job
+from sesd.sender.actor import Database, Sender
+from sesd.store import NewMessage, Store, now_ms
+from sesd.testing.ses_standin import SesStandin, StandinConfig, start_standin
+from sesd.transports.ses import SesTransport
+
+
+@pytest.fixture
+async def standin(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SesStandin]:
+    s, runner, url = await start_standin(StandinConfig())
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    yield s
+    await runner.cleanup()
+
+
+def settings(tmp_path: Path, **changes: object) -> Settings:
+    base = Settings(email_transport="ses", email_sender="from@example.com", aws_region="us-east-1",
+                    db_path=tmp_path / "app.db", email_rate=0, max_concurrent=20,
+                    shutdown_grace=2)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+async def run_sender(s: Settings, n: int, html: str = "<p>hi</p>") -> tuple[Sender, Store]:
+    store = Store(s.db_path)
+    store.insert_messages([NewMessage("t", [f"u{i}@example.com" for i in range(n)], "Subj", html,
+                                      now_ms())])
+    claimed = store.claim_due(n)
+    db = Database(lambda: Store(s.db_path))
+    transport = SesTransport(s)
+    await transport.start()
+    sender = Sender(s, db, transport, work=None, credits=None, tracking_key="k" * 32)
+    sender.receive(Batch([Job(*j) for j in claimed.jobs], store.contents({claimed.jobs[0][2]})))
+    task = asyncio.create_task(sender.run())
+    for _ in range(600):
+        await asyncio.sleep(0.05)
+        if not sender.pending and not sender.retries and not sender.inflight:
+            break
+    sender.request_stop()
+    await task
+    await transport.close()
+    db.close()
+    return sender, store
+
+
+def statuses(store: Store) -> dict[int, int]:
+    return dict(store.db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status"))
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+async def test_all_sent_once_with_pixel_and_request_id(tmp_path: Path, standin: SesStandin,
+                                                       bulk: bool) -> None:
+    sender, store = await run_sender(settings(tmp_path, bulk=bulk), 120)
+    assert statuses(store) == {2: 120}
+    per_request = Counter(int(s["request_id"]) for s in standin.sends)
+    assert len(per_request) == 120 and set(per_request.values()) == {1}
+    assert all(("bulk" in s and s["bulk"]) == bulk for s in standin.sends)
+    one = standin.sends[0]
+    # SES renders the bulk template itself (the stand-in does not HTML-escape the value).
+    assert re.search(rf"requestId={one['request_id']}&(amp;)?token=[\w-]{{22}}\"", one["html"])
+    assert sender.counters.calls == (3 if bulk else 120)  # 50 + 50 + 20 entries
+
+
+async def test_template_syntax_goes_out_one_by_one(tmp_path: Path, standin: SesStandin) -> None:
+    await run_sender(settings(tmp_path), 5, html="<p>Hi {{name}}</p>")
+    assert len(standin.sends) == 5
+    assert all(not s.get("bulk") for s in standin.sends)
+    assert all("{{name}}" in s["html"] for s in standin.sends)
+
+
+async def test_rejections_fail_with_text_and_faults_are_retried(tmp_path: Path,
+                                                                 standin: SesStandin) -> None:
+    standin.config = dataclasses.replace(standin.config, reject_pattern=r"^u1\d@",
+                                         error_rate=0.3, throttle_rate=0.1, seed=3)
+    sender, store = await run_sender(settings(tmp_path, bulk=False, max_attempts=20), 60)
+    assert statuses(store) == {2: 50, 3: 10}
+    errors = [r[0] for r in store.db.execute("SELECT error FROM requests WHERE status = 3")]
+    assert all(e.startswith("MessageRejected") for e in errors)
+    assert sender.counters.retried > 0 and sender.counters.throttled > 0
+    assert set(Counter(s["request_id"] for s in standin.sends).values()) == {1}
+
+
+async def test_gives_up_after_max_attempts(tmp_path: Path, standin: SesStandin,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sesd.sender.actor.BACKOFF_BASE", 0.01)
+    standin.config = dataclasses.replace(standin.config, error_rate=1.0)
+    sender, store = await run_sender(settings(tmp_path, bulk=False, max_attempts=3), 3)
+    assert statuses(store) == {3: 3}
+    error = store.db.execute("SELECT error FROM requests LIMIT 1").fetchone()[0]
+    assert error.startswith("gave up after 3 attempts")
+
+
+async def test_stop_hands_back_unstarted_work(tmp_path: Path, standin: SesStandin) -> None:
+    s = settings(tmp_path, email_rate=10, max_concurrent=2)
+    store = Store(s.db_path)
+    store.insert_messages([NewMessage("t", [f"u{i}@example.com" for i in range(100)], "S", "H",
+                                      now_ms())])
+    claimed = store.claim_due(100)
+    db = Database(lambda: Store(s.db_path))
+    transport = SesTransport(s)
+    await transport.start()
+    sender = Sender(s, db, transport, work=None, credits=None, tracking_key="k" * 32)
+    sender.receive(Batch([Job(*j) for j in claimed.jobs], store.contents({claimed.jobs[0][2]})))
+    task = asyncio.create_task(sender.run())
+    await asyncio.sleep(0.5)
+    sender.request_stop()
+    await task
+    await transport.close()
+    db.close()
+    counts = statuses(store)
+    assert counts.get(1, 0) == 0  # nothing left processing
+    assert counts[2] == len(standin.sends) and counts[0] == 100 - counts[2]
