@@ -99,7 +99,7 @@ async def test_gives_up_after_max_attempts(tmp_path: Path, standin: SesStandin,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sesd.sender.actor.BACKOFF_BASE", 0.01)
     standin.config = dataclasses.replace(standin.config, error_rate=1.0)
-    sender, store = await run_sender(settings(tmp_path, bulk=False, max_attempts=3), 3)
+    _, store = await run_sender(settings(tmp_path, bulk=False, max_attempts=3), 3)
     assert statuses(store) == {3: 3}
     error = store.db.execute("SELECT error FROM requests LIMIT 1").fetchone()[0]
     assert error.startswith("gave up after 3 attempts")

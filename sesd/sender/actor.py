@@ -177,21 +177,35 @@ class Sender:
     async def _dispatch_until_stopped(self) -> None:
         while not self._stop_requested.is_set():
             await self._check_stopped_topics()
-            group = self._next_group()
-            if group is None:
+            if not self._ready():
                 self._wakeup.clear()
                 await self._wait_for_work()
                 continue
             await self.semaphore.acquire()
-            if self._stop_requested.is_set():
+            # Wait for room for one recipient, *then* size the call to the room there is: a
+            # call that waited for room for a fixed 50 would waste the tokens freed meanwhile.
+            while (delay := self.bucket.delay(1)) > 0 and not self._stop_requested.is_set():
+                await asyncio.sleep(delay)
+            group = None if self._stop_requested.is_set() else self._next_group()
+            if group is None:
                 self.semaphore.release()
-                self._requeue(group)
-                break
+                continue
             group = self._fit_to_bucket(group)
             await self._take_tokens(len(group[1]))
             task = asyncio.create_task(self._send(*group))
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
+
+    def _ready(self) -> bool:
+        """Whether `_next_group` would return a call to make now."""
+        now = self.clock()
+        if now < self.paused_until:
+            return False
+        if self.retries and self.retries[0].due <= now:
+            return True
+        if self.failure_streak >= CIRCUIT_THRESHOLD and self.inflight:
+            return False
+        return bool(self.pending)
 
     async def _wait_for_work(self) -> None:
         timeout: float | None = None
@@ -207,20 +221,16 @@ class Sender:
 
     def _next_group(self) -> tuple[int, list[tuple[Job, int]]] | None:
         """The next call to make: (content id, jobs). Several jobs only for a bulk call."""
-        now = self.clock()
-        if now < self.paused_until:
+        if not self._ready():
             return None
-        if self.retries and self.retries[0].due <= now:
+        if self.retries and self.retries[0].due <= self.clock():
             r = heapq.heappop(self.retries)
             return r.job.content_id, [(r.job, r.attempts)]
-        if self.failure_streak >= CIRCUIT_THRESHOLD and self.inflight:
-            return None  # SES looks down: one probe at a time
-        if not self.pending:
-            return None
+        # (When SES looks down, _ready lets one probe at a time through.)
         job, attempts = self.pending.popleft()
         group = [(job, attempts)]
         if self._template(job.content_id) is not None and self.failure_streak == 0:
-            limit = min(MAX_BULK_ENTRIES, self.bucket.capacity)
+            limit = min(MAX_BULK_ENTRIES, max(1, self.bucket.available()))
             while (self.pending and len(group) < limit
                    and self.pending[0][0].content_id == job.content_id):
                 group.append(self.pending.popleft())
@@ -361,9 +371,6 @@ class Sender:
         for job, attempts in group:
             self._record(Outcome(job.request_id, status, None, None, attempts, at))
 
-    def _requeue(self, group: tuple[int, list[tuple[Job, int]]]) -> None:
-        self.pending.extendleft(reversed(group[1]))
-
     async def _check_stopped_topics(self) -> None:
         """When the API stopped a topic, drop the jobs of it we hold (they are status 4)."""
         if self.stop_epoch is None or self.stop_epoch.value == self._seen_epoch:
@@ -413,7 +420,9 @@ class Sender:
             return
         batch, self.outcomes = self.outcomes, []
         try:
-            await self.db.run(self.db.store.record_outcomes, batch)
+            # Shielded: cancelling the flush loop at shutdown must not cancel a write that has
+            # taken its batch; the final flush queues behind it on the same DB thread.
+            await asyncio.shield(self.db.run(self.db.store.record_outcomes, batch))
         except Exception as exc:
             # Keep them and try again: an outcome is never dropped. Rows stay "processing",
             # so even if we die now they are recovered and re-sent, not lost.

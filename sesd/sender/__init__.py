@@ -1,0 +1,1 @@
+"""The sender process: the single rate limiter, SES calls and their outcomes."""
