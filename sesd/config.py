@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -15,6 +16,13 @@ from .errors import ConfigError
 DEFAULT_SNS_CERT_URL_PATTERN = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
 TRANSPORTS = ("ses", "outbox")
 LOG_FORMATS = ("console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MIN_TRACKING_KEY_LEN = 16
+# botocore's own check on region names (it raises at client creation, in a child, otherwise).
+_REGION_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?")
+_CONFIG_SET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_BIND_RE = re.compile(r"[A-Za-z0-9.:%\[\]-]+")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -78,9 +86,17 @@ def _number(name: str, raw: str, *, minimum: float, maximum: float | None = None
         value = float(raw)
     except ValueError:
         raise ConfigError(name, f"expected a number, got {raw!r}") from None
-    if value != value or value < minimum or (maximum is not None and value > maximum):
+    if not math.isfinite(value):
+        raise ConfigError(name, f"expected a finite number, got {raw!r}")
+    if value < minimum or (maximum is not None and value > maximum):
         bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f">= {minimum:g}"
         raise ConfigError(name, f"must be {bound}, got {raw!r}")
+    return value
+
+
+def _control_free(name: str, value: str) -> str:
+    if _CONTROL_RE.search(value):
+        raise ConfigError(name, f"must not contain control characters (CR, LF, ...): {value!r}")
     return value
 
 
@@ -115,15 +131,28 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     def get(name: str, default: str = "") -> str:
         return env.get(name, default).strip()
 
-    transport = get("EMAIL_TRANSPORT") or ("ses" if _has_aws_credentials(env) else "outbox")
+    transport = get("EMAIL_TRANSPORT").lower() or (
+        "ses" if _has_aws_credentials(env) else "outbox"
+    )
     if transport not in TRANSPORTS:
-        raise ConfigError("EMAIL_TRANSPORT", f"must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        choices = " or ".join(TRANSPORTS)
+        raise ConfigError("EMAIL_TRANSPORT", f"must be {choices}, got {transport!r}")
+
+    region = get("AWS_REGION") or "ap-northeast-2"
+    if not _REGION_RE.fullmatch(region):
+        raise ConfigError("AWS_REGION", f"not an AWS region name (like eu-west-1): {region!r}")
 
     sender = get("EMAIL_SENDER")
     if transport == "ses" and not sender:
         raise ConfigError("EMAIL_SENDER", "required when EMAIL_TRANSPORT is ses (the From address)")
-    if sender and ("\r" in sender or "\n" in sender or "@" not in sender):
+    _control_free("EMAIL_SENDER", sender)
+    if sender and "@" not in sender:
         raise ConfigError("EMAIL_SENDER", f"not an e-mail address: {sender!r}")
+    config_set = get("SES_CONFIG_SET")
+    if config_set and not _CONFIG_SET_RE.fullmatch(config_set):
+        raise ConfigError(
+            "SES_CONFIG_SET", f"must be 1-64 letters, digits, '_' or '-', got {config_set!r}"
+        )
 
     rate = _number("EMAIL_RATE", get("EMAIL_RATE", "14"), minimum=0, maximum=100_000)
     default_concurrency = max(1, min(int(2 * rate), 1000)) if rate else 100
@@ -132,49 +161,82 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     )
 
     host = get("SERVER_HOST", "http://localhost:3000").rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", host):
+    if not re.fullmatch(r"https?://[^/\s?#]+(/\S*)?", host):
         raise ConfigError("SERVER_HOST", f"must be an http(s) base URL, got {host!r}")
 
+    bind = get("SERVER_BIND") or "0.0.0.0"
+    if not _BIND_RE.fullmatch(bind):
+        raise ConfigError("SERVER_BIND", f"must be an IP address or host name, got {bind!r}")
+
     pattern = get("SNS_CERT_URL_PATTERN", DEFAULT_SNS_CERT_URL_PATTERN)
+    if not pattern:
+        # An empty pattern would match every URL: certificates could be fetched from anywhere.
+        raise ConfigError("SNS_CERT_URL_PATTERN", "must not be empty (unset it for the default)")
     try:
         re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError("SNS_CERT_URL_PATTERN", f"not a valid regular expression: {exc}") from None
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise ConfigError(
+            "SNS_CERT_URL_PATTERN", f"not a valid regular expression: {exc}"
+        ) from None
+    topics = frozenset(a.strip() for a in get("SNS_TOPIC_ARNS").split(",") if a.strip())
+    for arn in sorted(topics):
+        if not arn.startswith("arn:") or arn.count(":") < 5:
+            raise ConfigError("SNS_TOPIC_ARNS", f"not a topic ARN (arn:aws:sns:...): {arn!r}")
+
+    sentry_dsn = get("SENTRY_DSN")
+    if sentry_dsn:
+        from sentry_sdk.utils import BadDsn, Dsn
+
+        try:
+            Dsn(sentry_dsn)
+        except (BadDsn, ValueError) as exc:
+            raise ConfigError("SENTRY_DSN", f"not a valid Sentry DSN: {exc}") from None
+
+    tracking_key = get("TRACKING_KEY")
+    if tracking_key and len(tracking_key) < MIN_TRACKING_KEY_LEN:
+        raise ConfigError(
+            "TRACKING_KEY",
+            f"too weak: use at least {MIN_TRACKING_KEY_LEN} random characters "
+            f"(got {len(tracking_key)}), or unset it to have one generated",
+        )
 
     log_format = get("LOG_FORMAT") or ("console" if os.isatty(2) else "json")
     if log_format not in LOG_FORMATS:
         raise ConfigError("LOG_FORMAT", f"must be console or json, got {log_format!r}")
-    log_level = get("LOG_LEVEL", "info").lower()
-    if log_level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("LOG_LEVEL", f"must be debug, info, warning or error, got {log_level!r}")
+    log_level = (get("LOG_LEVEL") or "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError("LOG_LEVEL", f"must be {', '.join(LOG_LEVELS)}, got {log_level!r}")
 
-    db_path = Path(get("DB_PATH", "./data/app.db"))
-    if not db_path.name:
+    db_path = Path(_control_free("DB_PATH", get("DB_PATH", "./data/app.db")))
+    if not db_path.name or db_path.name in (".", ".."):
         raise ConfigError("DB_PATH", "must name a file")
+    outbox_dir = Path(_control_free("OUTBOX_DIR", get("OUTBOX_DIR")) or db_path.parent / "outbox")
 
     return Settings(
-        aws_region=get("AWS_REGION", "ap-northeast-2") or "ap-northeast-2",
+        aws_region=region,
         email_sender=sender,
-        ses_config_set=get("SES_CONFIG_SET"),
+        ses_config_set=config_set,
         email_transport=transport,
         server_port=_integer("SERVER_PORT", get("SERVER_PORT", "3000"), minimum=0, maximum=65535),
         server_host=host,
-        server_bind=get("SERVER_BIND", "0.0.0.0") or "0.0.0.0",
+        server_bind=bind,
         api_key=get("API_KEY"),
         db_path=db_path,
-        outbox_dir=Path(get("OUTBOX_DIR") or db_path.parent / "outbox"),
+        outbox_dir=outbox_dir,
         email_rate=rate,
         max_concurrent=concurrency,
         max_request_mb=_number("MAX_REQUEST_MB", get("MAX_REQUEST_MB", "32"), minimum=0.001),
         sns_cert_url_pattern=pattern,
-        sns_topic_arns=frozenset(a.strip() for a in get("SNS_TOPIC_ARNS").split(",") if a.strip()),
-        sentry_dsn=get("SENTRY_DSN"),
+        sns_topic_arns=topics,
+        sentry_dsn=sentry_dsn,
         env=get("ENV", "dev") or "dev",
         log_format=log_format,
         log_level=log_level,
-        tracking_key=get("TRACKING_KEY"),
+        tracking_key=tracking_key,
         bulk=_bool("EMAIL_BULK", get("EMAIL_BULK", "true")),
-        shutdown_grace=_number("SHUTDOWN_GRACE", get("SHUTDOWN_GRACE", "10"), minimum=0, maximum=600),
+        shutdown_grace=_number(
+            "SHUTDOWN_GRACE", get("SHUTDOWN_GRACE", "10"), minimum=0, maximum=600
+        ),
         max_attempts=_integer("MAX_ATTEMPTS", get("MAX_ATTEMPTS", "8"), minimum=1, maximum=100),
         max_recipients=_integer("MAX_RECIPIENTS", get("MAX_RECIPIENTS", "100000"), minimum=1,
                                 maximum=10_000_000),

@@ -1,0 +1,151 @@
+"""The pipeline against a local SES stand-in that enforces a sliding-second rate limit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .service import Service, Standin, messages
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def standin() -> Iterator[Standin]:
+    s = Standin()
+    yield s
+    s.close()
+
+
+def start(tmp_path: Path, standin: Standin, **env: str) -> Service:
+    return Service(tmp_path, {**standin.env(), **env}).start()
+
+
+def post(service: Service, topic: str, n: int, **extra: Any) -> list[str]:
+    emails = [f"{topic}-{i}@example.com" for i in range(n)]
+    status, body = service.request("POST", "/v1/messages", messages(topic, emails, **extra))
+    assert status == 200, body
+    assert body["count"] == n
+    return emails
+
+
+def sends_per_request(log: dict[str, Any]) -> Counter[int]:
+    return Counter(int(s["request_id"]) for s in log["sends"])
+
+
+def sustained_rate(log: dict[str, Any], rate: float) -> float:
+    """Recipients/s after the first second's allowance, from the stand-in's own clock."""
+    times = sorted(s["t"] for s in log["sends"])
+    return (len(times) - rate) / (times[-1] - times[0])
+
+
+@pytest.mark.parametrize(("rate", "total", "bulk"), [(14, 70, "true"), (200, 2000, "true"),
+                                                      (200, 2000, "false"),
+                                                      (1000, 4000, "true")])
+def test_exact_rate_no_throttles(tmp_path: Path, standin: Standin, rate: int, total: int,
+                                 bulk: str) -> None:
+    standin.configure(max_rate=rate)
+    service = start(tmp_path, standin, EMAIL_RATE=str(rate), EMAIL_BULK=bulk)
+    try:
+        post(service, "rate", total)
+        assert service.wait_terminal(total, timeout=total / rate + 30) == {2: total}
+        log = standin.log()
+        assert log["counters"]["throttled"] == 0
+        assert log["counters"]["peak_window"] <= rate
+        per_request = sends_per_request(log)
+        assert len(per_request) == total and set(per_request.values()) == {1}
+        assert sustained_rate(log, rate) >= 0.99 * rate
+    finally:
+        service.kill()
+
+
+def test_faults_retried_and_rejections_failed(tmp_path: Path, standin: Standin) -> None:
+    standin.configure(error_rate=0.2, throttle_rate=0.1, reject_pattern=r"^faults-1\d@",
+                      seed=7)
+    service = start(tmp_path, standin, EMAIL_RATE="0", MAX_ATTEMPTS="12")
+    try:
+        post(service, "faults", 200)
+        counts = service.wait_terminal(200, timeout=90)
+        assert counts == {2: 190, 3: 10}
+        per_request = sends_per_request(standin.log())
+        assert set(per_request.values()) == {1}  # failed attempts were never accepted
+        with service.db() as db:
+            errors = [row[0] for row in db.execute("SELECT error FROM requests WHERE status=3")]
+        assert all(e.startswith("MessageRejected") for e in errors), errors
+        assert any(e.get("event") == "retrying" for e in service.log_events())
+    finally:
+        service.kill()
+
+
+def test_scheduled_batch_leaves_on_time(tmp_path: Path, standin: Standin) -> None:
+    service = start(tmp_path, standin, EMAIL_RATE="0")
+    try:
+        at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=3)
+        post(service, "later", 50, scheduledAt=at.isoformat())
+        service.wait_terminal(50, timeout=20)
+        times = sorted(s["t"] for s in standin.log()["sends"])
+        assert times[0] >= at.timestamp()
+        assert times[-1] <= at.timestamp() + 1.0
+    finally:
+        service.kill()
+
+
+@pytest.mark.parametrize("role", ["sender", "scheduler"])
+def test_sigkill_mid_run_loses_nothing(tmp_path: Path, standin: Standin, role: str) -> None:
+    concurrency = 20
+    standin.configure(latency_ms=20)
+    service = start(tmp_path, standin, EMAIL_RATE="500", MAX_CONCURRENT=str(concurrency),
+                    EMAIL_BULK="false")
+    try:
+        post(service, "crash", 3000)
+        while service.statuses().get(2, 0) < 800:
+            time.sleep(0.05)
+        os.kill(service.pids()[role], signal.SIGKILL)
+        assert service.wait_terminal(3000, timeout=90) == {2: 3000}
+        per_request = sends_per_request(standin.log())
+        assert len(per_request) == 3000
+        duplicates = sum(n - 1 for n in per_request.values())
+        # Only calls in flight when the process died can have gone out twice.
+        assert duplicates <= concurrency
+        health = service.wait_healthy()
+        assert health["processes"][role]["restarts"] == 1
+    finally:
+        service.kill()
+
+
+def test_sigterm_mid_run_then_restart_no_duplicates(tmp_path: Path, standin: Standin) -> None:
+    service = start(tmp_path, standin, EMAIL_RATE="300", EMAIL_BULK="false")
+    post(service, "term", 1500)
+    while service.statuses().get(2, 0) < 300:
+        time.sleep(0.05)
+    started = time.monotonic()
+    assert service.stop(signal.SIGTERM, timeout=30) == 0
+    assert time.monotonic() - started < 5 + 5
+    assert 2 in service.statuses() and 1 not in service.statuses()  # nothing left processing
+    service.start()
+    try:
+        assert service.wait_terminal(1500, timeout=60) == {2: 1500}
+        per_request = sends_per_request(standin.log())
+        assert len(per_request) == 1500 and set(per_request.values()) == {1}
+    finally:
+        service.kill()
+
+
+def test_sending_paused_holds_everything(tmp_path: Path, standin: Standin) -> None:
+    standin.configure(paused=True)
+    service = start(tmp_path, standin, EMAIL_RATE="0")
+    try:
+        post(service, "paused", 20)
+        time.sleep(2)
+        assert 3 not in service.statuses()  # nothing burnt into failures
+        assert any("paused" in str(e.get("event")) for e in service.log_events())
+    finally:
+        service.kill()
