@@ -36,7 +36,8 @@ def test_outbox_end_to_end(service: Service) -> None:
                                 "failed": 0, "stopped": 0}
     files = sorted((service.workdir / "outbox").glob("*.eml"))
     assert len(files) == 25
-    parsed = email.parser.BytesParser(policy=email.policy.default).parse(files[0].open("rb"))
+    with files[0].open("rb") as f:
+        parsed = email.parser.BytesParser(policy=email.policy.default).parse(f)
     assert parsed["Subject"] == "Hello"
     assert parsed["To"] in emails
     request_id = int(parsed["X-Request-ID"])

@@ -1,0 +1,326 @@
+"""Route handlers. Input checks live in schemas.py, SQL in the store, SNS rules in sns.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.resources
+import time
+from typing import Any
+
+import apsw
+import orjson
+import structlog
+from aiohttp import web
+
+from .. import sns, tracking
+from ..errors import StorageFullError
+from ..store import now_ms
+from . import schemas
+from .app import CERTS, DB, HOOKS, HTTP, SETTINGS, TRACKING_KEY, ApiError, json_response, \
+    require_key
+
+log = structlog.get_logger()
+CERT_CACHE_SIZE = 64
+SNS_TYPES = frozenset(sns.MESSAGE_TYPES)
+
+
+def _rfc3339(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def _elapsed(started: float) -> str:
+    """Go's Duration.String for what the original service answered, e.g. "12.345ms"."""
+    seconds = time.perf_counter() - started
+    return f"{seconds:.3f}s" if seconds >= 1 else f"{seconds * 1000:.3f}ms"
+
+
+def _store_errors(exc: Exception) -> ApiError:
+    if isinstance(exc, StorageFullError):
+        return ApiError(507, "storage is full: nothing was stored; free disk space and retry")
+    if isinstance(exc, apsw.BusyError):
+        return ApiError(503, "database busy; retry shortly", {"Retry-After": "1"})
+    raise exc
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+async def post_messages(request: web.Request) -> web.Response:
+    require_key(request)
+    settings = request.app[SETTINGS]
+    started = time.perf_counter()
+    if (request.content_length or 0) > settings.max_request_bytes:
+        raise ApiError(413, f"request body is larger than {settings.max_request_mb:g} MB")
+    raw = await request.read()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= schemas.MAX_IDEMPOTENCY_KEY:
+        raise ApiError(400, f"Idempotency-Key must be 1 to {schemas.MAX_IDEMPOTENCY_KEY} "
+                            "characters")
+    db = request.app[DB]
+    body_hash = hashlib.sha256(raw).hexdigest()
+    if key is not None and (replay := await _replay(request, key, body_hash)) is not None:
+        return replay
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"invalid JSON: {exc}") from None
+    now = now_ms()
+    try:
+        messages = schemas.parse_messages(body, now_ms=now, max_recipients=settings.max_recipients)
+    except schemas.ValidationError as exc:
+        raise ApiError(400, str(exc)) from None
+    count = sum(len(m.emails) for m in messages)
+    response = {"count": count, "elapsed": "", "messages": len(messages)}
+    idempotency = None
+    if key is not None:
+        idempotency = (key, body_hash, orjson.dumps({"count": count, "messages": len(messages)}))
+    try:
+        await db.run(db.store.insert_messages, messages, idempotency=idempotency)
+    except apsw.ConstraintError:
+        # A concurrent request with the same key won the race: answer as its replay.
+        if key is not None and (replay := await _replay(request, key, body_hash)) is not None:
+            return replay
+        raise
+    except Exception as exc:
+        raise _store_errors(exc) from exc
+    if any(m.scheduled_at <= now for m in messages):
+        request.app[HOOKS].nudge()
+    response["elapsed"] = _elapsed(started)
+    return json_response(response)
+
+
+async def _replay(request: web.Request, key: str, body_hash: str) -> web.Response | None:
+    db = request.app[DB]
+    found = await db.run(db.store.idempotent_response, key)
+    if found is None:
+        return None
+    stored_hash, stored = found
+    if stored_hash != body_hash:
+        raise ApiError(409, "Idempotency-Key was already used with a different body")
+    return json_response({**orjson.loads(stored), "elapsed": "0s"},
+                         headers={"Idempotent-Replayed": "true"})
+
+
+# -- topics and counts ------------------------------------------------------------------------
+
+async def get_topic(request: web.Request) -> web.Response:
+    require_key(request)
+    db = request.app[DB]
+    return json_response(await db.run(db.store.topic_stats, request.match_info["topicId"]))
+
+
+async def delete_topic(request: web.Request) -> web.Response:
+    require_key(request)
+    db = request.app[DB]
+    try:
+        count = await db.run(db.store.stop_topic, request.match_info["topicId"])
+    except Exception as exc:
+        raise _store_errors(exc) from exc
+    if count:
+        request.app[HOOKS].stopped()
+    return json_response({"count": count})
+
+
+async def counts_sent(request: web.Request) -> web.Response:
+    require_key(request)
+    try:
+        hours = schemas.parse_hours(request.query.get("hours"))
+    except schemas.ValidationError as exc:
+        raise ApiError(400, str(exc)) from None
+    since = now_ms() - hours * 3_600_000
+    db = request.app[DB]
+    count = await db.run(db.store.sent_since, since)
+    return json_response({"count": count, "hours": hours, "since": _rfc3339(since)})
+
+
+# -- open tracking ----------------------------------------------------------------------------
+
+async def open_pixel(request: web.Request) -> web.Response:
+    """Always the pixel; an Open only for a genuine signed link."""
+    request_id = request.query.get("requestId")
+    token = request.query.get("token")
+    if tracking.verify_token(request.app[TRACKING_KEY], request_id, token):
+        db = request.app[DB]
+        try:
+            await db.run(db.store.record_open, int(str(request_id)))
+        except Exception as exc:  # the reader still gets the pixel
+            log.warning("could not record an open", error=str(exc))
+    return web.Response(body=tracking.PIXEL_PNG, headers=dict(tracking.PIXEL_HEADERS))
+
+
+# -- SNS --------------------------------------------------------------------------------------
+
+async def _fetch_cert(request: web.Request, url: str) -> bytes:
+    certs: dict[str, bytes] = request.app[CERTS]
+    if url in certs:
+        return certs[url]
+    async with request.app[HTTP].get(url, allow_redirects=False) as resp:
+        if resp.status != 200:
+            raise sns.SnsCertFetchError(f"certificate fetch answered {resp.status}")
+        pem = await resp.content.read(64 * 1024)
+    if len(certs) >= CERT_CACHE_SIZE:
+        certs.pop(next(iter(certs)))
+    certs[url] = pem
+    return pem
+
+
+async def sns_results(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    kind = request.headers.get("x-amz-sns-message-type")
+    if kind not in SNS_TYPES:
+        raise ApiError(400, "x-amz-sns-message-type must be Notification, "
+                            "SubscriptionConfirmation or UnsubscribeConfirmation")
+
+    async def fetch(url: str) -> bytes:
+        try:
+            return await _fetch_cert(request, url)
+        except sns.SnsError:
+            raise
+        except Exception as exc:
+            raise sns.SnsCertFetchError(f"could not fetch the signing certificate: {exc}") from exc
+
+    try:
+        msg = sns.parse_envelope(await request.read())
+        await sns.verify(msg, fetch, cert_url_pattern=settings.cert_url_re,
+                         topic_arns=settings.sns_topic_arns, header_type=kind)
+    except sns.SnsCertFetchError as exc:
+        log.warning("SNS certificate unavailable", error=str(exc))
+        raise ApiError(503, "signing certificate unavailable; retry later") from None
+    except sns.SnsError as exc:
+        log.warning("SNS message refused", error=str(exc))
+        raise ApiError(403, f"message refused: {exc}") from None
+    if kind == "SubscriptionConfirmation":
+        return await _confirm(request, msg)
+    if kind == "UnsubscribeConfirmation":
+        log.info("SNS unsubscribed", topic=msg.get("TopicArn"))
+        return json_response({"status": "ok"})
+    return await _notification(request, msg)
+
+
+async def _confirm(request: web.Request, msg: dict[str, Any]) -> web.Response:
+    url = str(msg.get("SubscribeURL", ""))
+    try:
+        sns.check_cert_url(url, request.app[SETTINGS].cert_url_re)  # SSRF guard: AWS hosts only
+    except sns.SnsError as exc:
+        raise ApiError(403, f"SubscribeURL refused: {exc}") from None
+    try:
+        async with request.app[HTTP].get(url, allow_redirects=False) as resp:
+            ok = resp.status == 200
+    except Exception as exc:
+        log.warning("SNS subscription confirmation failed", error=str(exc))
+        raise ApiError(503, "could not confirm the subscription; retry later") from None
+    if not ok:
+        raise ApiError(502, f"SubscribeURL answered {resp.status}")
+    log.info("SNS subscription confirmed", topic=msg.get("TopicArn"))
+    return json_response({"status": "confirmed"})
+
+
+async def _notification(request: web.Request, msg: dict[str, Any]) -> web.Response:
+    try:
+        event = sns.parse_ses_event(str(msg.get("Message", "")))
+    except sns.SesSetupNotification:
+        return json_response({"status": "ignored"})
+    except sns.SnsMessageError as exc:
+        # Genuinely signed but not an SES event we understand: retrying would not help.
+        log.warning("signed SNS notification is not an SES event", error=str(exc))
+        return json_response({"status": "ignored"})
+    db = request.app[DB]
+    try:
+        request_id = await db.run(db.store.find_request, event.request_id, event.message_id)
+        stored = await db.run(db.store.record_result, request_id=request_id,
+                              status=event.event_type, raw=event.raw,
+                              sns_message_id=msg.get("MessageId"), suppress=event.suppress)
+    except Exception as exc:
+        log.error("could not store an SES event; SNS will retry", error=str(exc))
+        raise ApiError(503, "could not store the event; retry later") from None
+    if event.suppress and stored:
+        request.app[HOOKS].stopped()
+        log.info("suppressed", addresses=[a for a, _ in event.suppress])
+    return json_response({"status": "stored" if stored else "duplicate",
+                          "requestId": request_id})
+
+
+# -- suppressions -----------------------------------------------------------------------------
+
+async def list_suppressions(request: web.Request) -> web.Response:
+    require_key(request)
+    limit_raw = request.query.get("limit", "100")
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+        raise ApiError(400, "limit must be a whole number from 1 to 1000")
+    db = request.app[DB]
+    limit = int(limit_raw)
+    rows = await db.run(db.store.list_suppressions, limit=limit,
+                        after=request.query.get("after", ""))
+    return json_response({"suppressions": rows,
+                          "next": rows[-1]["email"] if len(rows) == limit else None})
+
+
+async def put_suppression(request: web.Request) -> web.Response:
+    require_key(request)
+    email = request.match_info["email"].strip()
+    if not schemas.valid_email(email):
+        raise ApiError(400, f"{email[:100]!r} is not a valid e-mail address")
+    reason = "manual"
+    raw = await request.read()
+    if raw.strip():
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, f"invalid JSON: {exc}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
+            raise ApiError(400, "body must be {\"reason\": \"...\"}")
+        reason = body.get("reason", "").strip()[:500] or "manual"
+    db = request.app[DB]
+    try:
+        await db.run(db.store.add_suppression, email, reason)
+    except Exception as exc:
+        raise _store_errors(exc) from exc
+    return json_response({"email": email, "reason": reason})
+
+
+async def delete_suppression(request: web.Request) -> web.Response:
+    require_key(request)
+    db = request.app[DB]
+    email = request.match_info["email"]
+    if not await db.run(db.store.remove_suppression, email):
+        raise ApiError(404, f"{email[:100]!r} is not suppressed")
+    return json_response({"removed": True})
+
+
+# -- health and the API document --------------------------------------------------------------
+
+async def health(request: web.Request) -> web.Response:
+    hooks = request.app[HOOKS]
+    import os
+
+    processes = hooks.health() if hooks.health else {
+        "api": {"pid": os.getpid(), "alive": True, "restarts": 0}}
+    ok = all(p["alive"] for p in processes.values())
+    return json_response({"status": "ok" if ok else "degraded",
+                          "transport": request.app[SETTINGS].email_transport,
+                          "processes": processes}, 200 if ok else 503)
+
+
+_OPENAPI: bytes | None = None
+
+
+async def openapi(request: web.Request) -> web.Response:
+    global _OPENAPI
+    if _OPENAPI is None:
+        _OPENAPI = importlib.resources.files("sesd.api").joinpath("openapi.json").read_bytes()
+    return web.Response(body=_OPENAPI, content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/messages", post_messages)
+    app.router.add_get("/v1/topics/{topicId}", get_topic)
+    app.router.add_delete("/v1/topics/{topicId}", delete_topic)
+    app.router.add_get("/v1/events/counts/sent", counts_sent)
+    app.router.add_get("/v1/events/open", open_pixel)
+    app.router.add_post("/v1/events/results", sns_results)
+    app.router.add_get("/v1/suppressions", list_suppressions)
+    app.router.add_put("/v1/suppressions/{email}", put_suppression)
+    app.router.add_delete("/v1/suppressions/{email}", delete_suppression)
+    app.router.add_get("/health", health)
+    app.router.add_get("/openapi.json", openapi)

@@ -1,0 +1,1 @@
+"""sesd test suite."""
