@@ -21,9 +21,10 @@ class FakeClock:
         return self.now
 
 
-def bucket(rate: float, start: float = 0.0) -> tuple[SlidingWindowBucket, FakeClock]:
+def bucket(rate: float, start: float = 0.0, pacing: bool = False
+           ) -> tuple[SlidingWindowBucket, FakeClock]:
     clock = FakeClock(start)
-    return SlidingWindowBucket(rate, guard=GUARD, clock=clock), clock
+    return SlidingWindowBucket(rate, guard=GUARD, pacing=pacing, clock=clock), clock
 
 
 def most_in_any_second(sends: list[tuple[float, int]]) -> int:
@@ -252,11 +253,12 @@ requests = st.lists(
     rate=st.one_of(st.integers(1, 2000), st.floats(1, 2000)),
     start=st.floats(0, 1e6),
     reqs=requests,
+    pacing=st.booleans(),
 )
 def test_greedy_client_never_exceeds_the_rate_in_any_second(
-    rate: float, start: float, reqs: list[tuple[float, int, str]]
+    rate: float, start: float, reqs: list[tuple[float, int, str]], pacing: bool
 ) -> None:
-    b, clock = bucket(rate, start)
+    b, clock = bucket(rate, start, pacing)
     sends: list[tuple[float, int]] = []
     for gap, n, action in reqs:
         clock.now += gap
@@ -273,10 +275,12 @@ def test_greedy_client_never_exceeds_the_rate_in_any_second(
 
 
 @settings(max_examples=40, deadline=None)
-@given(rate=st.integers(1, 2000), chunk=st.integers(1, 50), start=st.floats(0, 1e6))
-def test_a_backlog_sustains_99_percent_of_the_rate(rate: int, chunk: int, start: float) -> None:
+@given(rate=st.integers(1, 2000), chunk=st.integers(1, 50), start=st.floats(0, 1e6),
+       pacing=st.booleans())
+def test_a_backlog_sustains_99_percent_of_the_rate(rate: int, chunk: int, start: float,
+                                                    pacing: bool) -> None:
     """Work always waiting for 20 s; each call is sized to what the window has free."""
-    b, clock = bucket(rate, start)
+    b, clock = bucket(rate, start, pacing)
     end = start + 20.0
     sent = 0
     while True:
@@ -290,9 +294,10 @@ def test_a_backlog_sustains_99_percent_of_the_rate(rate: int, chunk: int, start:
 
 
 @settings(max_examples=30, deadline=None)
-@given(rate=st.integers(1, 200), start=st.floats(0, 1e6))
-def test_single_sends_sustain_99_percent_of_the_rate(rate: int, start: float) -> None:
-    b, clock = bucket(rate, start)
+@given(rate=st.integers(1, 200), start=st.floats(0, 1e6), pacing=st.booleans())
+def test_single_sends_sustain_99_percent_of_the_rate(rate: int, start: float,
+                                                     pacing: bool) -> None:
+    b, clock = bucket(rate, start, pacing)
     end = start + 20.0
     sent = 0
     while (now := clock.now + b.delay()) < end:
@@ -322,3 +327,17 @@ def test_take_after_a_positive_delay_raises(
             assert b.try_take(n) > 0
         else:
             b.take(n)
+
+
+def test_held_calls_count_until_answered_then_a_full_window() -> None:
+    clock = FakeClock()
+    bucket = SlidingWindowBucket(2, guard=0.0, clock=clock)
+    assert bucket.hold(2) == 0.0
+    assert bucket.available() == 0
+    clock.now += 5.0  # SES takes its time: the recipients still count
+    assert bucket.delay(1) == pytest.approx(1.0)
+    bucket.settle(2)  # answered now: logged now, free one window later
+    clock.now += 0.999
+    assert bucket.hold(1) > 0
+    clock.now += 0.001
+    assert bucket.hold(1) == 0.0

@@ -95,7 +95,7 @@ class Sender:
         self.stop_epoch = stop_epoch
         self.tracking_key = tracking_key
         self.clock = clock
-        self.bucket = SlidingWindowBucket(settings.email_rate, clock=clock)
+        self.bucket = SlidingWindowBucket(settings.email_rate, pacing=True, clock=clock)
         self.semaphore = asyncio.Semaphore(settings.max_concurrent)
         self.pending: deque[tuple[Job, int]] = deque()  # (job, attempts so far)
         self.retries: list[_Retry] = []
@@ -257,7 +257,7 @@ class Sender:
         return content_id, jobs[:capacity]
 
     async def _take_tokens(self, n: int) -> None:
-        while (delay := self.bucket.try_take(n)) > 0:
+        while (delay := self.bucket.hold(n)) > 0:
             await asyncio.sleep(delay)
 
     # -- one call -----------------------------------------------------------------------------
@@ -279,6 +279,7 @@ class Sender:
             for job, attempts in group:
                 self._retry(job, attempts + 1, SendError(f"internal error: {exc}"))
         finally:
+            self.bucket.settle(len(group))
             self.semaphore.release()
             self._wakeup.set()
 

@@ -19,6 +19,10 @@ THROTTLE_FACTOR = 0.8  # one cut keeps this share of the current rate
 THROTTLE_FLOOR = 0.1  # share of the configured rate below which cuts stop...
 MIN_FLOOR_RATE = 1.0  # ...but never below 1/s: SES grants every account at least that
 RECOVER_STEP = 0.01  # share of the configured rate won back by one climb
+# Pacing (GCRA): calls leave evenly spaced at the rate, with at most this much of a burst.
+# Without it the window refills all at once and the whole second's calls leave together each
+# second; their queueing then delays SES's answers, and held calls (see hold()) cost throughput.
+PACING_BURST = 0.02
 RECOVER_INTERVAL = 0.1  # seconds of clock between two climbs, however many successes arrive
 
 # What an unlimited bucket reports as its capacity: callers take min(their batch, capacity).
@@ -34,7 +38,12 @@ class SlidingWindowBucket:
     """
 
     def __init__(
-        self, rate: float, *, guard: float = 0.004, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        *,
+        guard: float = 0.003,
+        pacing: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not (math.isfinite(rate) and rate >= 0):
             raise ValueError(f"rate must be a finite number >= 0, not {rate!r}")
@@ -46,6 +55,9 @@ class SlidingWindowBucket:
         # (time taken, recipients) per call, oldest first: a bulk call of 50 is one entry.
         self._log: deque[tuple[float, int]] = deque()
         self._used = 0  # recipients in the log
+        self._held = 0  # recipients taken by calls SES has not answered yet (see hold())
+        self._tat = -math.inf  # GCRA's theoretical arrival time of the next recipient
+        self.pacing = pacing
         self._effective = self.rate
         self._max_capacity = max(1, math.floor(rate)) if rate else UNLIMITED_CAPACITY
         self._last_cut = -math.inf
@@ -82,6 +94,7 @@ class SlidingWindowBucket:
         now = self._clock()
         if self._wait(now, n) > 0:
             raise RuntimeError(f"taking {n} now would exceed {self.rate:g} recipients/s")
+        self._pace(now, n)
         self._record(now, n)
 
     def try_take(self, n: int = 1) -> float:
@@ -92,8 +105,32 @@ class SlidingWindowBucket:
         now = self._clock()
         wait = self._wait(now, n)
         if wait == 0:
+            self._pace(now, n)
             self._record(now, n)
         return wait
+
+    def hold(self, n: int = 1) -> float:
+        """Like try_take, for a call whose arrival time at SES is not known yet: the n
+        recipients count against every window until `settle(n)` logs them at the time SES
+        answered. Whatever happened between our clock and SES's (a cold connection, a busy
+        loop), the call reached SES before it answered, so the bound holds at SES's end too;
+        it costs a window only the call's round trip."""
+        self._check(n)
+        if not self.rate:
+            return 0.0
+        now = self._clock()
+        wait = self._wait(now, n)
+        if wait == 0:
+            self._pace(now, n)
+            self._held += n
+        return wait
+
+    def settle(self, n: int = 1) -> None:
+        """The held call with n recipients has been answered (or abandoned): log it now."""
+        if not self.rate:
+            return
+        self._held = max(0, self._held - n)
+        self._record(self._clock(), n)
 
     def available(self) -> int:
         """How many recipients fit right now: lets a caller size a bulk call to what is free,
@@ -101,7 +138,7 @@ class SlidingWindowBucket:
         if not self.rate:
             return UNLIMITED_CAPACITY
         self._prune(self._clock())
-        return max(0, self._capacity - self._used)
+        return max(0, self._capacity - self._used - self._held)
 
     def throttled(self) -> None:
         """SES said slow down: cut the effective rate to 80% (down to a floor)."""
@@ -152,11 +189,22 @@ class SlidingWindowBucket:
         while log and log[0][0] + window <= now:
             self._used -= log.popleft()[1]
 
+    def _pace(self, now: float, n: int) -> None:
+        if self.pacing:
+            self._tat = max(self._tat, now) + n / self._effective
+
     def _wait(self, now: float, n: int) -> float:
+        pace = 0.0
+        # Spelled like _until's expiry, so waiting exactly the returned delay is enough.
+        if self.pacing and now < self._tat - PACING_BURST:
+            pace = _until(now, self._tat - PACING_BURST)
+        return max(pace, self._window_wait(now, n))
+
+    def _window_wait(self, now: float, n: int) -> float:
         self._prune(now)
         # A call bigger than the current (throttled) capacity was sized before the cut; it still
         # fits the configured ceiling, so let it go once the window is empty rather than fail it.
-        excess = self._used + n - max(self._capacity, n)
+        excess = self._used + self._held + n - max(self._capacity, n)
         if excess <= 0:
             return 0.0
         freed = 0
@@ -164,7 +212,8 @@ class SlidingWindowBucket:
             freed += count
             if freed >= excess:
                 return _until(now, ts + self._window)
-        raise AssertionError("unreachable: the excess never exceeds what the log holds")
+        # Held calls block: they free a window after they settle, which is not before now.
+        return _until(now, now + self._window)
 
     def _record(self, now: float, n: int) -> None:
         self._log.append((now, n))
