@@ -125,6 +125,9 @@ class Supervisor:
                     self.signals.append(signal.SIGTERM)
                     break
                 self._recover(role, proc)
+                # A recovery replaces processes (a pipeline restart stops the survivor too):
+                # look again at the new table rather than at this stale snapshot.
+                break
         self._shutdown()
         return code
 
@@ -139,10 +142,10 @@ class Supervisor:
         if role == "api":
             self._start_api()
             return
-        # Scheduler or sender: the other one goes too (it drains and hands back), then both
-        # start on new queues. The new scheduler starts only once no sender holds rows.
-        other = "sender" if role == "scheduler" else "scheduler"
-        self._stop(other, self.settings.shutdown_grace + 5)
+        # Scheduler or sender: the other one goes too (a sender drains and hands back), then
+        # both start on new queues. The new scheduler starts only once no sender holds rows.
+        self._stop("scheduler", 5)
+        self._stop("sender", self.settings.shutdown_grace + 5)
         for end in self._pipeline_ends:
             end.close()
         released = self.store.release_processing()

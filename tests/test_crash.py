@@ -21,7 +21,11 @@ from .service import Service, Standin, messages
 pytestmark = pytest.mark.slow
 
 CONCURRENCY = 16
+RATE = 600
 TOTAL = 3000
+# A kill can repeat the calls in flight, and those answered but not yet written back (the
+# sender writes outcomes every 25 ms): allow both, with slack for a busy machine.
+REPEATABLE_PER_KILL = CONCURRENCY + int(RATE * 0.1)
 
 
 @pytest.fixture
@@ -48,7 +52,7 @@ def wait_back(service: Service, role: str, old_pid: int, timeout: float = 20) ->
 @pytest.mark.parametrize("seed", [1, 2])
 def test_random_kills_lose_nothing(tmp_path: Path, standin: Standin, seed: int) -> None:
     rng = random.Random(seed)
-    service = Service(tmp_path, {**standin.env(), "EMAIL_RATE": "600",
+    service = Service(tmp_path, {**standin.env(), "EMAIL_RATE": str(RATE),
                                  "MAX_CONCURRENT": str(CONCURRENCY),
                                  "EMAIL_BULK": "false"}).start()
     kills = 0
@@ -76,6 +80,6 @@ def test_random_kills_lose_nothing(tmp_path: Path, standin: Standin, seed: int) 
         per_request = Counter(int(s["request_id"]) for s in standin.log()["sends"])
         assert len(per_request) == TOTAL  # nobody skipped
         duplicates = sum(n - 1 for n in per_request.values())
-        assert duplicates <= kills * CONCURRENCY, duplicates
+        assert duplicates <= kills * REPEATABLE_PER_KILL, duplicates
     finally:
         service.kill()

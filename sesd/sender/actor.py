@@ -34,7 +34,7 @@ from .bucket import SlidingWindowBucket
 T = TypeVar("T")
 log = structlog.get_logger()
 
-FLUSH_INTERVAL = 0.1  # seconds between outcome write-backs
+FLUSH_INTERVAL = 0.025  # seconds between outcome write-backs (what a crash can forget)
 FLUSH_ROWS = 2_000  # or sooner, when this many outcomes wait
 CREDIT_INTERVAL = 0.05
 METRICS_INTERVAL = 5.0
