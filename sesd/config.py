@@ -50,6 +50,8 @@ class Settings:
     tracking_key: str = ""
     bulk: bool = True
     shutdown_grace: float = 10.0
+    # Seconds an SES call may take to answer before it counts as failed (and is retried).
+    ses_timeout: float = 20.0
     max_attempts: int = 8
     # Most recipients one POST may carry; bounds the API's memory whatever MAX_REQUEST_MB allows.
     max_recipients: int = 100_000
@@ -234,6 +236,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         tracking_key=tracking_key,
         bulk=_bool("EMAIL_BULK", get("EMAIL_BULK", "true")),
+        ses_timeout=_number("SES_TIMEOUT", get("SES_TIMEOUT", "20"), minimum=0.1, maximum=300),
         shutdown_grace=_number(
             "SHUTDOWN_GRACE", get("SHUTDOWN_GRACE", "10"), minimum=0, maximum=600
         ),

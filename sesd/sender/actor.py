@@ -108,6 +108,8 @@ class Sender:
         self.input_closed = False  # the scheduler's queue delivered Stop or closed
         self.paused_until = 0.0
         self.failure_streak = 0
+        self.circuit_until = 0.0  # SES looks down: no calls before this (clock time)
+        self.circuit_delay = 0.0
         self._credit_owed = 0
         self._seen_epoch = stop_epoch.value if stop_epoch is not None else 0
         self._seq = 0
@@ -199,12 +201,12 @@ class Sender:
     def _ready(self) -> bool:
         """Whether `_next_group` would return a call to make now."""
         now = self.clock()
-        if now < self.paused_until:
+        if now < self.paused_until or now < self.circuit_until:
             return False
+        if self.failure_streak >= CIRCUIT_THRESHOLD and self.inflight:
+            return False  # SES looks down: one probe at a time
         if self.retries and self.retries[0].due <= now:
             return True
-        if self.failure_streak >= CIRCUIT_THRESHOLD and self.inflight:
-            return False
         return bool(self.pending)
 
     async def _wait_for_work(self) -> None:
@@ -212,8 +214,9 @@ class Sender:
         now = self.clock()
         if self.retries:
             timeout = max(0.0, self.retries[0].due - now)
-        if self.paused_until > now:
-            timeout = max(timeout or 0.0, self.paused_until - now)
+        held_until = max(self.paused_until, self.circuit_until)
+        if held_until > now:
+            timeout = max(timeout or 0.0, held_until - now)
         if self.stop_epoch is not None:
             timeout = min(timeout, 0.2) if timeout is not None else 0.2
         with contextlib.suppress(TimeoutError):
@@ -317,6 +320,9 @@ class Sender:
     # -- outcomes -----------------------------------------------------------------------------
 
     def _succeeded(self, job: Job, attempts: int, message_id: str) -> None:
+        if self.circuit_delay:
+            log.info("SES reachable again; resuming")
+            self.circuit_delay = 0.0
         self.failure_streak = 0
         self.bucket.recover()
         self.counters.sent += 1
@@ -342,7 +348,20 @@ class Sender:
             self.bucket.throttled()
         else:
             self.failure_streak += 1
+            if self.failure_streak >= CIRCUIT_THRESHOLD:
+                self._open_circuit(exc)
         self._retry(job, attempts, exc)
+
+    def _open_circuit(self, exc: Exception) -> None:
+        """Consecutive transient failures: SES (or the way to it) is down. Stop calling it for a
+        growing interval, then let one probe through; a success closes the circuit."""
+        now = self.clock()
+        if now < self.circuit_until:
+            return  # already open: the other failures were in flight when it opened
+        self.circuit_delay = min(BACKOFF_CAP, max(1.0, self.circuit_delay * 2))
+        self.circuit_until = now + self.circuit_delay
+        log.warning("SES unreachable; pausing sending", retry_in=self.circuit_delay,
+                    consecutive_failures=self.failure_streak, error=str(exc)[:300])
 
     def _retry(self, job: Job, attempts: int, exc: Exception) -> None:
         if attempts >= self.settings.max_attempts:

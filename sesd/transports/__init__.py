@@ -33,7 +33,8 @@ def create_transport(settings: Settings) -> Transport:
     if settings.email_transport == "ses":
         from .ses import SesTransport
 
-        return SesTransport(settings)
+        return SesTransport(settings, read_timeout=settings.ses_timeout,
+                            call_timeout=settings.ses_timeout + 10)
     if settings.email_transport == "outbox":
         from .outbox import OutboxTransport
 

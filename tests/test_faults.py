@@ -1,0 +1,66 @@
+"""SES faults end to end: an outage (connection refused), hung calls, a paused account."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from .service import Service, Standin, free_port, messages
+
+pytestmark = pytest.mark.slow
+
+
+def test_ses_down_then_back_everything_sent_once(tmp_path: Path) -> None:
+    port = free_port()
+    standin = Standin("--port", str(port))
+    service = Service(tmp_path, {**standin.env(), "EMAIL_RATE": "0", "EMAIL_BULK": "false",
+                                 "MAX_CONCURRENT": "10"}).start()
+    try:
+        status, _ = service.request("POST", "/v1/messages",
+                                    messages("outage", [f"o{i}@example.com" for i in range(50)]))
+        assert status == 200
+        service.wait_terminal(50, timeout=30)
+        sent_before = Counter(int(s["request_id"]) for s in standin.log()["sends"])
+        standin.close()  # SES is down: connection refused
+        status, _ = service.request("POST", "/v1/messages",
+                                    messages("during", [f"d{i}@example.com" for i in range(100)]))
+        assert status == 200
+        time.sleep(12)
+        assert 3 not in service.statuses()  # nothing burnt into failures while SES was away
+        standin = Standin("--port", str(port))  # back, with an empty log
+        counts = service.wait_terminal(150, timeout=90)
+        assert counts == {2: 150}
+        sent_after = Counter(int(s["request_id"]) for s in standin.log()["sends"])
+        assert len(sent_after) == 100 and set(sent_after.values()) == {1}
+        assert not set(sent_after) & set(sent_before)
+        events = service.log_events()
+        retries = [e for e in events if e.get("event") == "retrying"]
+        # The circuit opens after a few failures: a probe at a time, not a retry storm.
+        assert 0 < len(retries) < 100, len(retries)
+        assert max(e["attempt"] for e in retries) < 8
+    finally:
+        service.kill()
+        standin.close()
+
+
+def test_hung_calls_time_out_and_are_retried(tmp_path: Path) -> None:
+    standin = Standin("--hang-rate", "0.2", "--hang-seconds", "30", "--seed", "5")
+    service = Service(tmp_path, {**standin.env(), "EMAIL_RATE": "0", "EMAIL_BULK": "false",
+                                 "SES_TIMEOUT": "1", "MAX_ATTEMPTS": "20"}).start()
+    try:
+        status, _ = service.request("POST", "/v1/messages",
+                                    messages("hang", [f"h{i}@example.com" for i in range(40)]))
+        assert status == 200
+        assert service.wait_terminal(40, timeout=90) == {2: 40}
+        # The stand-in accepts a hung call before hanging (as SES may): only those can repeat.
+        per_request = Counter(int(s["request_id"]) for s in standin.log()["sends"])
+        assert len(per_request) == 40
+        timeouts = [e for e in service.log_events() if e.get("event") == "retrying"]
+        assert timeouts
+        assert sum(n - 1 for n in per_request.values()) <= len(timeouts)
+    finally:
+        service.kill()
+        standin.close()
