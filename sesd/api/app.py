@@ -103,7 +103,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(request, exc.status, exc.reason, dict(exc.headers) or None)
+        # Keep headers such as Allow (405); the body is ours, so drop the exception's own
+        # Content-Type/Length (passing Content-Type twice makes web.Response raise: a 500).
+        headers = {k: v for k, v in exc.headers.items()
+                   if k.lower() not in ("content-type", "content-length")}
+        return error_response(request, exc.status, exc.reason, headers or None)
     except Exception as exc:
         log.exception("unhandled error", path=request.path, method=request.method)
         telemetry.capture(exc)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import importlib.resources
+import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import apsw
 import orjson
@@ -17,8 +19,17 @@ from .. import sns, tracking
 from ..errors import StorageFullError
 from ..store import now_ms
 from . import schemas
-from .app import CERTS, DB, HOOKS, HTTP, SETTINGS, TRACKING_KEY, ApiError, json_response, \
-    require_key
+from .app import (
+    CERTS,
+    DB,
+    HOOKS,
+    HTTP,
+    SETTINGS,
+    TRACKING_KEY,
+    ApiError,
+    json_response,
+    require_key,
+)
 
 log = structlog.get_logger()
 CERT_CACHE_SIZE = 64
@@ -199,10 +210,27 @@ async def sns_results(request: web.Request) -> web.Response:
     return await _notification(request, msg)
 
 
+def _check_subscribe_url(url: str, pattern: re.Pattern[str]) -> None:
+    """The SubscribeURL must name an allowed SNS host, like a SigningCertURL, but unlike one it
+    is "https://sns.<region>.amazonaws.com/?Action=ConfirmSubscription&...": a query, no .pem
+    (sns.check_cert_url refused every genuine one)."""
+    if any(not ch.isprintable() or ch in " \\" for ch in url) or not pattern.match(url):
+        raise sns.SnsVerificationError(f"{url[:200]!r} does not match {pattern.pattern!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise sns.SnsVerificationError(f"{url[:200]!r} is not a URL: {exc}") from None
+    if parts.scheme != "https" and not (
+            parts.scheme == "http" and pattern.pattern.startswith(("^http://", "http://"))):
+        raise sns.SnsVerificationError(f"must be https, not {parts.scheme!r}")
+    if "@" in parts.netloc or not parts.hostname:
+        raise sns.SnsVerificationError("must name a host without user information")
+
+
 async def _confirm(request: web.Request, msg: dict[str, Any]) -> web.Response:
     url = str(msg.get("SubscribeURL", ""))
     try:
-        sns.check_cert_url(url, request.app[SETTINGS].cert_url_re)  # SSRF guard: AWS hosts only
+        _check_subscribe_url(url, request.app[SETTINGS].cert_url_re)  # SSRF guard: AWS hosts only
     except sns.SnsError as exc:
         raise ApiError(403, f"SubscribeURL refused: {exc}") from None
     try:
@@ -247,7 +275,8 @@ async def _notification(request: web.Request, msg: dict[str, Any]) -> web.Respon
 async def list_suppressions(request: web.Request) -> web.Response:
     require_key(request)
     limit_raw = request.query.get("limit", "100")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (a 500).
+    if not re.fullmatch(r"[0-9]{1,4}", limit_raw) or not 1 <= int(limit_raw) <= 1000:
         raise ApiError(400, "limit must be a whole number from 1 to 1000")
     db = request.app[DB]
     limit = int(limit_raw)
