@@ -1,0 +1,1 @@
+"""The HTTP API process: the aiohttp application, its handlers and input validation."""
