@@ -1,0 +1,201 @@
+"""Result intake: signed SNS notifications per second the API sustains (SES Delivery events,
+SignatureVersion 2, certificate served by a local HTTP server that SNS_CERT_URL_PATTERN allows),
+then genuine open-pixel GETs per second. EMAIL_TRANSPORT=outbox; the requests the events refer
+to are scheduled far in the future, so nothing is sent meanwhile.
+
+    .venv/bin/python bench/results_rate.py --notifications 5000 --opens 20000 --concurrency 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import secrets
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from common import (
+    FAR_FUTURE,
+    Sesd,
+    add_common,
+    emails,
+    free_port,
+    median,
+    message,
+    parse_env,
+    percentile,
+    progress,
+    table,
+    write_results,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+from sesd.sns import string_to_sign
+from sesd.tracking import make_token
+
+TOPIC = "arn:aws:sns:us-east-1:123456789012:bench-ses-events"
+
+
+def key_and_cert() -> tuple[rsa.RSAPrivateKey, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=7)).sign(key, hashes.SHA256()))
+    return key, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def notification(key: rsa.RSAPrivateKey, cert_url: str, request_id: int, to: str) -> bytes:
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    event = {"notificationType": "Delivery",
+             "mail": {"timestamp": now, "messageId": f"bench-{uuid.uuid4()}",
+                      "source": "sender@example.com", "destination": [to],
+                      "headers": [{"name": "X-Request-ID", "value": str(request_id)}]},
+             "delivery": {"timestamp": now, "recipients": [to], "processingTimeMillis": 500,
+                          "smtpResponse": "250 ok"}}
+    msg = {"Type": "Notification", "MessageId": str(uuid.uuid4()), "TopicArn": TOPIC,
+           "Subject": "Amazon SES Email Event Notification",
+           "Message": orjson.dumps(event).decode(), "Timestamp": now,
+           "SignatureVersion": "2", "SigningCertURL": cert_url,
+           "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe"}
+    signature = key.sign(string_to_sign(msg), padding.PKCS1v15(), hashes.SHA256())
+    msg["Signature"] = base64.b64encode(signature).decode()
+    return orjson.dumps(msg)
+
+
+async def hammer(n: int, concurrency: int, desc: str,
+                 call: Callable[[aiohttp.ClientSession, int], Any]) -> dict[str, Any]:
+    """n calls through `concurrency` workers; call(session, i) returns the response status."""
+    latencies: list[float] = []
+    codes: Counter[int] = Counter()
+    items = iter(range(n))
+    bar = progress(n, desc, "req")
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def worker() -> None:
+            for i in items:
+                t0 = time.perf_counter()
+                try:
+                    codes[await call(session, i)] += 1
+                except (aiohttp.ClientError, TimeoutError):
+                    codes[-1] += 1
+                latencies.append(time.perf_counter() - t0)
+                bar.update(1)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    bar.close()
+    return {"n": n, "per_s": n / wall, "p50_ms": percentile(latencies, 50) * 1000,
+            "p99_ms": percentile(latencies, 99) * 1000,
+            "status_counts": {str(k): v for k, v in codes.items()}}
+
+
+async def measure(args: argparse.Namespace, svc: Sesd, ids: list[int], tracking_key: str,
+                  key: rsa.RSAPrivateKey, cert_pem: bytes, cert_port: int) -> dict[str, Any]:
+    app = web.Application()
+    app.router.add_get("/SimpleNotificationService-bench.pem",
+                       lambda _: web.Response(body=cert_pem, content_type="text/plain"))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", cert_port).start()
+    cert_url = f"http://127.0.0.1:{cert_port}/SimpleNotificationService-bench.pem"
+    try:
+        bodies = []
+        with progress(args.notifications, "signing", "msg") as bar:
+            for i in range(args.notifications):
+                bodies.append(notification(key, cert_url, ids[i % len(ids)],
+                                           f"r{i % len(ids)}@example.com"))
+                bar.update(1)
+        headers = {"x-amz-sns-message-type": "Notification",
+                   "Content-Type": "text/plain; charset=UTF-8"}
+
+        async def post(session: aiohttp.ClientSession, i: int) -> int:
+            async with session.post(svc.url + "/v1/events/results", data=bodies[i],
+                                    headers=headers) as resp:
+                await resp.read()
+                return resp.status
+
+        async def pixel(session: aiohttp.ClientSession, i: int) -> int:
+            rid = ids[i % len(ids)]
+            url = (f"{svc.url}/v1/events/open?requestId={rid}"
+                   f"&token={make_token(tracking_key, rid)}")
+            async with session.get(url) as resp:
+                await resp.read()
+                return resp.status
+
+        sns = await hammer(args.notifications, args.concurrency, "notifications", post)
+        opens = await hammer(args.opens, args.concurrency, "opens", pixel)
+        return {"sns": sns, "opens": opens}
+    finally:
+        await runner.cleanup()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--notifications", type=int, default=5000, help="SNS posts per run")
+    p.add_argument("--opens", type=int, default=20000, help="pixel GETs per run")
+    p.add_argument("--concurrency", type=int, default=50, help="client concurrency")
+    p.add_argument("--requests", type=int, default=1000, help="requests the events refer to")
+    add_common(p)
+    args = p.parse_args()
+    cert_port = free_port()
+    tracking_key = secrets.token_urlsafe(32)
+    env = {"EMAIL_TRANSPORT": "outbox", "TRACKING_KEY": tracking_key,
+           "SNS_CERT_URL_PATTERN": rf"^http://127\.0\.0\.1:{cert_port}/", **parse_env(args.env)}
+    print("generating an RSA key and a self-signed certificate", file=sys.stderr)
+    key, cert_pem = key_and_cert()
+    svc = Sesd(env, keep=args.keep).start()
+    try:
+        status, resp = svc.request("POST", "/v1/messages", {"messages": [
+            message("results", emails(args.requests), FAR_FUTURE)]})
+        if status != 200:
+            raise RuntimeError(f"POST /v1/messages answered {status}: {resp!r}")
+        ids = [int(r[0]) for r in svc.query("SELECT id FROM requests ORDER BY id")]
+        runs = []
+        for i in range(args.runs):
+            print(f"run {i + 1}/{args.runs}", file=sys.stderr)
+            runs.append(asyncio.run(measure(args, svc, ids, tracking_key, key, cert_pem,
+                                            cert_port)))
+        stored = dict(svc.query("SELECT status, COUNT(*) FROM results GROUP BY status"))
+    finally:
+        svc.close()
+    rows = []
+    for kind, label, expect in (("sns", "SNS Delivery notifications", "Delivery"),
+                                ("opens", "open pixel GETs", "Open")):
+        per_kind = [r[kind] for r in runs]
+        bad = sum(v for r in per_kind for k, v in r["status_counts"].items() if k != "200")
+        rows.append({"test": label, "n/run": per_kind[0]["n"], "concurrency": args.concurrency,
+                     "per_s": median([r["per_s"] for r in per_kind]),
+                     "p50_ms": median([r["p50_ms"] for r in per_kind]),
+                     "p99_ms": median([r["p99_ms"] for r in per_kind]),
+                     "non_200": bad, "stored": stored.get(expect, 0),
+                     "expected": per_kind[0]["n"] * args.runs})
+    path = write_results("results_rate", {"args": vars(args), "summary": rows, "runs": runs,
+                                          "stored": stored})
+    print(table(rows))
+    print(f"\nmode: EMAIL_TRANSPORT=outbox, events refer to {args.requests} requests scheduled "
+          f"{FAR_FUTURE}; medians over {args.runs} run(s).\nresults: {path}")
+    ok = all(r["non_200"] == 0 and r["stored"] == r["expected"] for r in rows)
+    print("verdict:", "ok" if ok else "FAIL (non-200 answers or stored != expected)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
