@@ -64,3 +64,34 @@ def test_hung_calls_time_out_and_are_retried(tmp_path: Path) -> None:
     finally:
         service.kill()
         standin.close()
+
+
+def test_ingest_while_sending_at_full_speed_never_reports_a_locked_database(
+        tmp_path: Path) -> None:
+    import concurrent.futures
+
+    standin = Standin()
+    service = Service(tmp_path, {**standin.env(), "EMAIL_RATE": "0"}).start()
+    try:
+        status, _ = service.request("POST", "/v1/messages",
+                                    messages("fast", [f"f{i}@example.com" for i in range(20000)]))
+        assert status == 200
+
+        def post(k: int) -> tuple[int, float]:
+            started = time.monotonic()
+            status, _ = service.request(
+                "POST", "/v1/messages",
+                messages(f"big{k}", [f"b{k}-{i}@example.com" for i in range(20000)],
+                         scheduledAt="2099-01-01T00:00:00Z"))
+            return status, time.monotonic() - started
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(post, range(8)))
+        assert [status for status, _ in answers] == [200] * 8
+        service.wait_terminal(20000, timeout=60)
+        logs = service.logs().lower()
+        assert "database is locked" not in logs and "busyerror" not in logs
+        assert '"level":"error"' not in logs
+    finally:
+        service.kill()
+        standin.close()
