@@ -178,7 +178,11 @@ class Store:
             cur.execute(f"PRAGMA user_version={len(MIGRATIONS)}")
 
     def _user_version(self) -> int:
-        return int(self.db.execute("PRAGMA user_version").fetchall()[0][0])
+        return self._scalar_int("PRAGMA user_version")
+
+    def _scalar_int(self, sql: str, bindings: Sequence[Any] = ()) -> int:
+        row = self.db.execute(sql, bindings).fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
 
     def query_plan(self, sql: str, bindings: Sequence[Any] = ()) -> list[str]:
         """EXPLAIN QUERY PLAN details, for tests that keep the hot queries on their indexes."""
@@ -194,6 +198,7 @@ class Store:
         with self._write() as cur:
             cur.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, make()))
             row = cur.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            assert row is not None  # inserted just above, in this transaction
             return str(row[0])
 
     # -- ingest (API) -------------------------------------------------------------------------
@@ -384,6 +389,18 @@ class Store:
                         "reason = excluded.reason, event = excluded.event", (email, reason,
                                                                              event, now_ms()))
 
+    def stop_suppressed_held(self, suppress: Sequence[tuple[str, str]]) -> int:
+        """Stop processing (claimed, unsent) requests to newly suppressed addresses, with the
+        reason; the claim already refuses created ones. Walks the status index: only the few
+        rows the sender holds are read. Returns how many were stopped."""
+        at = now_ms()
+        with self._write() as cur:
+            before = self.db.total_changes()
+            cur.executemany("UPDATE requests SET status = 4, error = ?, updated_at = ? "
+                            "WHERE status = 1 AND email = ? COLLATE NOCASE",
+                            [(f"suppressed: {reason}", at, email) for email, reason in suppress])
+            return self.db.total_changes() - before
+
     def remove_suppression(self, email: str) -> bool:
         with self._write() as cur:
             cur.execute("DELETE FROM suppressions WHERE email = ?", (email,))
@@ -408,7 +425,7 @@ class Store:
                 "result": {"statuses": statuses}}
 
     def sent_since(self, since_ms: int) -> int:
-        return int(self.db.execute(self.SENT_SINCE, (since_ms,)).fetchone()[0])
+        return self._scalar_int(self.SENT_SINCE, (since_ms,))
 
     def request_row(self, request_id: int) -> dict[str, Any] | None:
         """One request as a dict (operators' debugging and tests)."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import importlib.resources
+import os
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,7 +19,6 @@ import structlog
 from aiohttp import web
 
 from .. import sns, tracking
-from ..errors import StorageFullError
 from ..store import now_ms
 from . import schemas
 from .app import (
@@ -33,26 +35,14 @@ from .app import (
 
 log = structlog.get_logger()
 CERT_CACHE_SIZE = 64
+MAX_CERT_BYTES = 64 * 1024
 SNS_TYPES = frozenset(sns.MESSAGE_TYPES)
 
 
-def _rfc3339(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
-
-
 def _elapsed(started: float) -> str:
-    """Go's Duration.String for what the original service answered, e.g. "12.345ms"."""
+    """Go's Duration.String, as the original service answered, e.g. "12.345ms"."""
     seconds = time.perf_counter() - started
     return f"{seconds:.3f}s" if seconds >= 1 else f"{seconds * 1000:.3f}ms"
-
-
-def _store_errors(exc: Exception) -> ApiError:
-    if isinstance(exc, StorageFullError):
-        return ApiError(507, "storage is full: nothing was stored; free disk space and retry")
-    if isinstance(exc, apsw.BusyError):
-        return ApiError(503, "database busy; retry shortly", {"Retry-After": "1"})
-    raise exc
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -63,17 +53,16 @@ async def post_messages(request: web.Request) -> web.Response:
     started = time.perf_counter()
     if (request.content_length or 0) > settings.max_request_bytes:
         raise ApiError(413, f"request body is larger than {settings.max_request_mb:g} MB")
-    raw = await request.read()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 0 < len(key) <= schemas.MAX_IDEMPOTENCY_KEY:
         raise ApiError(400, f"Idempotency-Key must be 1 to {schemas.MAX_IDEMPOTENCY_KEY} "
                             "characters")
-    db = request.app[DB]
+    raw = await request.read()  # client_max_size cuts chunked bodies off with a 413
     body_hash = hashlib.sha256(raw).hexdigest()
     if key is not None and (replay := await _replay(request, key, body_hash)) is not None:
         return replay
     try:
-        body = orjson.loads(raw)
+        body = orjson.loads(raw)  # refuses invalid UTF-8 and nesting deeper than 1024
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"invalid JSON: {exc}") from None
     now = now_ms()
@@ -81,25 +70,21 @@ async def post_messages(request: web.Request) -> web.Response:
         messages = schemas.parse_messages(body, now_ms=now, max_recipients=settings.max_recipients)
     except schemas.ValidationError as exc:
         raise ApiError(400, str(exc)) from None
-    count = sum(len(m.emails) for m in messages)
-    response = {"count": count, "elapsed": "", "messages": len(messages)}
-    idempotency = None
-    if key is not None:
-        idempotency = (key, body_hash, orjson.dumps({"count": count, "messages": len(messages)}))
+    summary = {"count": sum(len(m.emails) for m in messages), "messages": len(messages)}
+    idempotency = None if key is None else (key, body_hash, orjson.dumps(summary))
+    db = request.app[DB]
     try:
-        await db.run(db.store.insert_messages, messages, idempotency=idempotency)
+        count = await db.run(db.store.insert_messages, messages, idempotency=idempotency)
     except apsw.ConstraintError:
-        # A concurrent request with the same key won the race: answer as its replay.
+        # A concurrent request with the same key committed first: answer as its replay.
         if key is not None and (replay := await _replay(request, key, body_hash)) is not None:
             return replay
         raise
-    except Exception as exc:
-        raise _store_errors(exc) from exc
-    # Due now: the scheduler claims at once. Due later: it re-reads the earliest due time
-    # (it may be sleeping toward a later one).
+    # Nudge for future work too: the scheduler sleeps toward the earliest due time it knew,
+    # which may be later than what was just stored.
     request.app[HOOKS].nudge()
-    response["elapsed"] = _elapsed(started)
-    return json_response(response)
+    return json_response({"count": count, "elapsed": _elapsed(started),
+                          "messages": summary["messages"]})
 
 
 async def _replay(request: web.Request, key: str, body_hash: str) -> web.Response | None:
@@ -125,10 +110,7 @@ async def get_topic(request: web.Request) -> web.Response:
 async def delete_topic(request: web.Request) -> web.Response:
     require_key(request)
     db = request.app[DB]
-    try:
-        count = await db.run(db.store.stop_topic, request.match_info["topicId"])
-    except Exception as exc:
-        raise _store_errors(exc) from exc
+    count = await db.run(db.store.stop_topic, request.match_info["topicId"])
     if count:
         request.app[HOOKS].stopped()
     return json_response({"count": count})
@@ -143,16 +125,18 @@ async def counts_sent(request: web.Request) -> web.Response:
     since = now_ms() - hours * 3_600_000
     db = request.app[DB]
     count = await db.run(db.store.sent_since, since)
-    return json_response({"count": count, "hours": hours, "since": _rfc3339(since)})
+    moment = dt.datetime.fromtimestamp(since / 1000, dt.UTC).replace(microsecond=0)
+    return json_response({"count": count, "hours": hours,
+                          "since": moment.isoformat().replace("+00:00", "Z")})
 
 
 # -- open tracking ----------------------------------------------------------------------------
 
 async def open_pixel(request: web.Request) -> web.Response:
-    """Always the pixel; an Open only for a genuine signed link."""
+    """Always the pixel, whatever the query or the database says; an Open only for a genuine
+    signed link."""
     request_id = request.query.get("requestId")
-    token = request.query.get("token")
-    if tracking.verify_token(request.app[TRACKING_KEY], request_id, token):
+    if tracking.verify_token(request.app[TRACKING_KEY], request_id, request.query.get("token")):
         db = request.app[DB]
         try:
             await db.run(db.store.record_open, int(str(request_id)))
@@ -164,15 +148,20 @@ async def open_pixel(request: web.Request) -> web.Response:
 # -- SNS --------------------------------------------------------------------------------------
 
 async def _fetch_cert(request: web.Request, url: str) -> bytes:
-    certs: dict[str, bytes] = request.app[CERTS]
+    certs = request.app[CERTS]
     if url in certs:
         return certs[url]
-    async with request.app[HTTP].get(url, allow_redirects=False) as resp:
-        if resp.status != 200:
-            raise sns.SnsCertFetchError(f"certificate fetch answered {resp.status}")
-        pem = await resp.content.read(64 * 1024)
+    try:
+        async with request.app[HTTP].get(url, allow_redirects=False) as resp:
+            if resp.status != 200:
+                raise sns.SnsCertFetchError(f"certificate fetch answered {resp.status}")
+            pem = await resp.content.read(MAX_CERT_BYTES)
+    except sns.SnsError:
+        raise
+    except Exception as exc:
+        raise sns.SnsCertFetchError(f"could not fetch the signing certificate: {exc!r}") from exc
     if len(certs) >= CERT_CACHE_SIZE:
-        certs.pop(next(iter(certs)))
+        certs.pop(next(iter(certs)))  # oldest first; SNS uses very few certificates
     certs[url] = pem
     return pem
 
@@ -183,22 +172,13 @@ async def sns_results(request: web.Request) -> web.Response:
     if kind not in SNS_TYPES:
         raise ApiError(400, "x-amz-sns-message-type must be Notification, "
                             "SubscriptionConfirmation or UnsubscribeConfirmation")
-
-    async def fetch(url: str) -> bytes:
-        try:
-            return await _fetch_cert(request, url)
-        except sns.SnsError:
-            raise
-        except Exception as exc:
-            raise sns.SnsCertFetchError(f"could not fetch the signing certificate: {exc}") from exc
-
     try:
         msg = sns.parse_envelope(await request.read())
-        await sns.verify(msg, fetch, cert_url_pattern=settings.cert_url_re,
+        await sns.verify(msg, functools.partial(_fetch_cert, request),
+                         cert_url_pattern=settings.cert_url_re,
                          topic_arns=settings.sns_topic_arns, header_type=kind)
-    except sns.SnsCertFetchError as exc:
-        log.warning("SNS certificate unavailable", error=str(exc))
-        raise ApiError(503, "signing certificate unavailable; retry later") from None
+    except sns.SnsCertFetchError as exc:  # maybe transient: a 5xx makes SNS retry
+        raise ApiError(503, f"signing certificate unavailable; retry later ({exc})") from None
     except sns.SnsError as exc:
         log.warning("SNS message refused", error=str(exc))
         raise ApiError(403, f"message refused: {exc}") from None
@@ -210,10 +190,10 @@ async def sns_results(request: web.Request) -> web.Response:
     return await _notification(request, msg)
 
 
-def _check_subscribe_url(url: str, pattern: re.Pattern[str]) -> None:
-    """The SubscribeURL must name an allowed SNS host, like a SigningCertURL, but unlike one it
-    is "https://sns.<region>.amazonaws.com/?Action=ConfirmSubscription&...": a query, no .pem
-    (sns.check_cert_url refused every genuine one)."""
+def check_subscribe_url(url: str, pattern: re.Pattern[str]) -> None:
+    """The SubscribeURL must name an allowed SNS host, like a SigningCertURL; but a genuine one
+    is "https://sns.<region>.amazonaws.com/?Action=ConfirmSubscription&...", a query and no
+    .pem, which sns.check_cert_url refuses. Same host rules, then."""
     if any(not ch.isprintable() or ch in " \\" for ch in url) or not pattern.match(url):
         raise sns.SnsVerificationError(f"{url[:200]!r} does not match {pattern.pattern!r}")
     try:
@@ -230,17 +210,18 @@ def _check_subscribe_url(url: str, pattern: re.Pattern[str]) -> None:
 async def _confirm(request: web.Request, msg: dict[str, Any]) -> web.Response:
     url = str(msg.get("SubscribeURL", ""))
     try:
-        _check_subscribe_url(url, request.app[SETTINGS].cert_url_re)  # SSRF guard: AWS hosts only
+        check_subscribe_url(url, request.app[SETTINGS].cert_url_re)  # SSRF guard: AWS only
     except sns.SnsError as exc:
+        log.warning("SNS SubscribeURL refused", error=str(exc))
         raise ApiError(403, f"SubscribeURL refused: {exc}") from None
     try:
         async with request.app[HTTP].get(url, allow_redirects=False) as resp:
-            ok = resp.status == 200
+            status = resp.status
     except Exception as exc:
-        log.warning("SNS subscription confirmation failed", error=str(exc))
-        raise ApiError(503, "could not confirm the subscription; retry later") from None
-    if not ok:
-        raise ApiError(502, f"SubscribeURL answered {resp.status}")
+        raise ApiError(503, f"could not confirm the subscription; retry later ({exc!r})"
+                       ) from None
+    if status != 200:
+        raise ApiError(502, f"SubscribeURL answered {status}")
     log.info("SNS subscription confirmed", topic=msg.get("TopicArn"))
     return json_response({"status": "confirmed"})
 
@@ -249,9 +230,10 @@ async def _notification(request: web.Request, msg: dict[str, Any]) -> web.Respon
     try:
         event = sns.parse_ses_event(str(msg.get("Message", "")))
     except sns.SesSetupNotification:
+        log.info("SES confirmed its SNS destination", topic=msg.get("TopicArn"))
         return json_response({"status": "ignored"})
     except sns.SnsMessageError as exc:
-        # Genuinely signed but not an SES event we understand: retrying would not help.
+        # Genuinely signed but not an SES event we understand: a retry would not help.
         log.warning("signed SNS notification is not an SES event", error=str(exc))
         return json_response({"status": "ignored"})
     db = request.app[DB]
@@ -260,14 +242,21 @@ async def _notification(request: web.Request, msg: dict[str, Any]) -> web.Respon
         stored = await db.run(db.store.record_result, request_id=request_id,
                               status=event.event_type, raw=event.raw,
                               sns_message_id=msg.get("MessageId"), suppress=event.suppress)
+        if event.suppress:  # also on a repeat: the first delivery may have died before this
+            await _stop_held(request, event.suppress)
     except Exception as exc:
-        log.error("could not store an SES event; SNS will retry", error=str(exc))
-        raise ApiError(503, "could not store the event; retry later") from None
+        raise ApiError(503, f"could not store the event; retry later ({exc!r})") from None
     if event.suppress and stored:
-        request.app[HOOKS].stopped()
         log.info("suppressed", addresses=[a for a, _ in event.suppress])
     return json_response({"status": "stored" if stored else "duplicate",
                           "requestId": request_id})
+
+
+async def _stop_held(request: web.Request, suppress: Sequence[tuple[str, str]]) -> None:
+    """Newly suppressed addresses: stop what the sender already holds for them, and tell it."""
+    db = request.app[DB]
+    if await db.run(db.store.stop_suppressed_held, suppress):
+        request.app[HOOKS].stopped()
 
 
 # -- suppressions -----------------------------------------------------------------------------
@@ -278,8 +267,8 @@ async def list_suppressions(request: web.Request) -> web.Response:
     # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (a 500).
     if not re.fullmatch(r"[0-9]{1,4}", limit_raw) or not 1 <= int(limit_raw) <= 1000:
         raise ApiError(400, "limit must be a whole number from 1 to 1000")
-    db = request.app[DB]
     limit = int(limit_raw)
+    db = request.app[DB]
     rows = await db.run(db.store.list_suppressions, limit=limit,
                         after=request.query.get("after", ""))
     return json_response({"suppressions": rows,
@@ -290,7 +279,7 @@ async def put_suppression(request: web.Request) -> web.Response:
     require_key(request)
     email = request.match_info["email"].strip()
     if not schemas.valid_email(email):
-        raise ApiError(400, f"{email[:100]!r} is not a valid e-mail address")
+        raise ApiError(400, f"{schemas.quote(email)} is not a valid e-mail address")
     reason = "manual"
     raw = await request.read()
     if raw.strip():
@@ -299,22 +288,20 @@ async def put_suppression(request: web.Request) -> web.Response:
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, f"invalid JSON: {exc}") from None
         if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
-            raise ApiError(400, "body must be {\"reason\": \"...\"}")
+            raise ApiError(400, 'body must be {"reason": "..."}')
         reason = body.get("reason", "").strip()[:500] or "manual"
     db = request.app[DB]
-    try:
-        await db.run(db.store.add_suppression, email, reason)
-    except Exception as exc:
-        raise _store_errors(exc) from exc
+    await db.run(db.store.add_suppression, email, reason)
+    await _stop_held(request, [(email, reason)])
     return json_response({"email": email, "reason": reason})
 
 
 async def delete_suppression(request: web.Request) -> web.Response:
     require_key(request)
     db = request.app[DB]
-    email = request.match_info["email"]
+    email = request.match_info["email"].strip()
     if not await db.run(db.store.remove_suppression, email):
-        raise ApiError(404, f"{email[:100]!r} is not suppressed")
+        raise ApiError(404, f"{schemas.quote(email)} is not suppressed")
     return json_response({"removed": True})
 
 
@@ -322,8 +309,6 @@ async def delete_suppression(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     hooks = request.app[HOOKS]
-    import os
-
     processes = hooks.health() if hooks.health else {
         "api": {"pid": os.getpid(), "alive": True, "restarts": 0}}
     ok = all(p["alive"] for p in processes.values())
@@ -332,14 +317,13 @@ async def health(request: web.Request) -> web.Response:
                           "processes": processes}, 200 if ok else 503)
 
 
-_OPENAPI: bytes | None = None
+@functools.cache
+def openapi_document() -> bytes:
+    return importlib.resources.files("sesd.api").joinpath("openapi.json").read_bytes()
 
 
 async def openapi(request: web.Request) -> web.Response:
-    global _OPENAPI
-    if _OPENAPI is None:
-        _OPENAPI = importlib.resources.files("sesd.api").joinpath("openapi.json").read_bytes()
-    return web.Response(body=_OPENAPI, content_type="application/json")
+    return web.Response(body=openapi_document(), content_type="application/json")
 
 
 def add_routes(app: web.Application) -> None:

@@ -17,8 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import apsw
 import orjson
 import pytest
+import structlog
+import structlog.testing
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import hashes
@@ -27,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sesd import tracking
 from sesd.api.app import ApiHooks, create_app
 from sesd.config import Settings
+from sesd.errors import StorageFullError
 from sesd.store import Store
 from tests.test_sns import EXPECTED, FIXTURES, TOPIC, _make_cert, notification, sign, subscription
 
@@ -34,6 +38,7 @@ API_KEY = "k" * 20
 AUTH = {"x-api-key": API_KEY}
 TABLES = ("contents", "requests", "results", "suppressions", "idempotency")
 ERROR_KEYS = {"error", "path", "method", "timestamp"}
+MERGE = [structlog.contextvars.merge_contextvars]  # log lines as the service renders them
 
 
 # ------------------------------------------------------------------------------------ harness
@@ -269,12 +274,13 @@ async def test_success_stores_each_content_once_and_clamps_past_times(env: Env) 
     assert env.hooks.nudges == 1
     assert env.counts() == {**EMPTY, "contents": 3, "requests": 6}
     contents = env.rows("SELECT id, subject, html FROM contents ORDER BY id")
-    assert [(s, h) for _, s, h in contents] == [("Past", "<p>one</p>"), ("Future", "<p>two</p>"),
-                                                ("Hello", "<p>Hi</p>")]
+    # The subject (a header) is trimmed; the HTML and the topic id are kept as given.
+    assert [(s, h) for _, s, h in contents] == [("Past", " <p>one</p> "),
+                                                ("Future", "<p>two</p>"), ("Hello", "<p>Hi</p>")]
     rows = env.rows("SELECT topic_id, email, content_id, scheduled_at, status FROM requests "
                     "ORDER BY id")
     assert [r[1] for r in rows] == [f"{c}@example.com" for c in "abcdef"]
-    assert [r[0] for r in rows] == ["news"] * 5 + ["other"]
+    assert [r[0] for r in rows] == [" news "] * 3 + ["news"] * 2 + ["other"]
     assert [r[2] for r in rows] == [contents[0][0]] * 3 + [contents[1][0]] * 2 + [contents[2][0]]
     assert all(r[4] == 0 for r in rows)
     for r in rows[:3] + rows[5:]:  # past and absent scheduledAt: now, never dropped
@@ -645,6 +651,8 @@ async def cert_server(aiohttp_server, sns_cert: bytes) -> CertServer:
 
     async def handle(request: web.Request) -> web.Response:
         hits.append(request.path_qs)
+        if request.path.startswith("/redirect/"):
+            raise web.HTTPFound("/SimpleNotificationService-test.pem")
         if request.path.endswith(".pem") and not request.path.startswith("/missing/"):
             return web.Response(body=sns_cert, content_type="application/x-pem-file")
         if request.path == "/confirm":
@@ -721,11 +729,25 @@ async def test_genuine_notification_is_stored_and_matched(
     else:  # matched by SES mail.messageId
         text = fixture_text(name)
         sns_env.exec("UPDATE requests SET message_id = ? WHERE id = ?", message_id, rid)
+    # Requests the sender holds (processing) for a suppressed address are stopped at once;
+    # created ones are left to the scheduler's claim, which skips suppressed addresses.
+    suppressed = [email for email, _ in suppress]
+    held = {email: await new_request(sns_env, email.upper()) for email in suppressed}
+    waiting = [await new_request(sns_env, email) for email in suppressed]
+    bystander = await new_request(sns_env, "bystander@example.com")
+    sns_env.exec("UPDATE requests SET status = 1 WHERE id IN (SELECT value FROM json_each(?))",
+                 json.dumps([*held.values(), bystander]))
     message = signed_notification(sns_key, cert_server.cert_url, text, version=version,
                                   message_id=f"sns-{name}-{version}")
     resp = await post_sns(sns_env, message)
     assert resp.status == 200, await resp.text()
     assert await resp.json() == {"status": "stored", "requestId": rid}
+    for email, reason in suppress:
+        assert sns_env.rows("SELECT status, error FROM requests WHERE id = ?", held[email]) == [
+            (4, f"suppressed: {reason}")]
+    assert all(sns_env.rows("SELECT status FROM requests WHERE id = ?", i) == [(0,)]
+               for i in waiting)
+    assert sns_env.rows("SELECT status FROM requests WHERE id = ?", bystander) == [(1,)]
     assert sns_env.rows("SELECT request_id, status, raw, sns_message_id FROM results") == [
         (rid, event_type, text, f"sns-{name}-{version}")]
     assert json.loads(sns_env.rows("SELECT raw FROM results")[0][0]) == json.loads(text)
@@ -777,7 +799,7 @@ async def test_repeated_sns_message_is_stored_once(sns_env: Env, cert_server: Ce
         assert await again.json() == {"status": "duplicate", "requestId": rid}
     assert sns_env.counts() == {**EMPTY, "contents": 1, "requests": 1, "results": 1,
                                 "suppressions": 1}
-    assert sns_env.hooks.stops == 1
+    assert sns_env.hooks.stops == 0  # nothing was held for the address
 
 
 async def test_allowed_topic_list(make_env: MakeEnv, cert_server: CertServer, sns_key) -> None:
@@ -1139,11 +1161,11 @@ async def test_other_bodies_over_the_limit_are_413(make_env: MakeEnv) -> None:
 def test_real_aws_subscribe_url_passes_the_ssrf_guard() -> None:
     """SNS's SubscribeURL has a query and no .pem: the guard must accept it under the default
     pattern (it once reused the SigningCertURL rules and refused every genuine one)."""
-    from sesd.api.handlers import _check_subscribe_url
+    from sesd.api.handlers import check_subscribe_url
     from sesd.sns import SnsVerificationError
 
     pattern = Settings().cert_url_re
-    _check_subscribe_url(
+    check_subscribe_url(
         "https://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription&TopicArn="
         "arn:aws:sns:us-west-2:123456789012:MyTopic&Token=2336412f37fb687f", pattern)
     for url in ["", "http://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription",
@@ -1152,4 +1174,196 @@ def test_real_aws_subscribe_url_passes_the_ssrf_guard() -> None:
                 "https://evil.example/?u=https://sns.us-west-2.amazonaws.com/",
                 "https://sns.us-west-2.amazonaws.com/?x=1 2"]:
         with pytest.raises(SnsVerificationError):
-            _check_subscribe_url(url, pattern)
+            check_subscribe_url(url, pattern)
+
+
+# --------------------------------------------------------------------- added: edge behaviour
+
+
+async def test_error_message_names_message_index_and_field(env: Env) -> None:
+    good = msg()
+    bad = msg(emails=[f"u{i}@example.com" for i in range(17)] + ["x@"])
+    resp = await env.post([good, good, good, bad])
+    body = await assert_error(resp, 400, "POST", "/v1/messages")
+    assert body["error"] == 'messages[3].emails[17]: "x@" is not a valid e-mail address'
+    assert env.counts() == EMPTY
+
+
+async def test_future_only_post_still_nudges(env: Env) -> None:
+    # The scheduler sleeps toward the earliest due time it knew, which may be later than this.
+    assert (await env.post([msg(scheduledAt="2999-01-01T00:00:00Z")])).status == 200
+    assert env.hooks.nudges == 1
+    assert env.rows("SELECT status FROM requests") == [(0,)]
+
+
+async def test_idempotency_race_on_insert_answers_the_winner(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two requests with one key both find nothing, then both insert: the loser's insert fails
+    on the key's constraint and it answers as a replay (or 409), creating nothing."""
+    body = orjson.dumps({"messages": [msg(emails=["a@example.com", "b@example.com"])]})
+    headers = {"Idempotency-Key": "race"}
+    assert (await env.post(body, headers)).status == 200
+    real = Store.idempotent_response
+    calls: list[str] = []
+
+    def first_lookup_misses(self: Store, key: str) -> Any:
+        calls.append(key)
+        return None if len(calls) == 1 else real(self, key)
+
+    monkeypatch.setattr(Store, "idempotent_response", first_lookup_misses)
+    again = await env.post(body, headers)
+    assert again.status == 200
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert (await again.json())["count"] == 2
+    calls.clear()
+    other = orjson.dumps({"messages": [msg(emails=["c@example.com"])]})
+    await assert_error(await env.post(other, headers), 409, "POST", "/v1/messages")
+    assert env.counts() == {**EMPTY, "contents": 1, "requests": 2, "idempotency": 1}
+    assert env.hooks.nudges == 1
+
+
+async def test_oversized_answer_closes_the_connection(make_env: MakeEnv) -> None:
+    env = await make_env(max_request_mb=0.001)
+    resp = await env.post(orjson.dumps({"messages": [msg(content="x" * 5000)]}))
+    await assert_error(resp, 413, "POST", "/v1/messages")
+    assert resp.headers.get("Connection", "").lower() == "close"
+
+
+async def test_api_key_with_odd_bytes_is_401_not_500(env: Env) -> None:
+    for value in ["кл\u044e\u0447", "k" * 19 + "\u00e9", API_KEY + "\u00ff"]:
+        resp = await env.client.get("/v1/topics/t1", headers={"x-api-key": value})
+        await assert_error(resp, 401, "GET", "/v1/topics/t1")
+    # Bytes that are not UTF-8 at all reach the server only over a raw socket.
+    reader, writer = await asyncio.open_connection(env.client.host, env.client.port)
+    writer.write(b"GET /v1/topics/t1 HTTP/1.1\r\nHost: x\r\nx-api-key: \xff\xfe" +
+                 API_KEY.encode() + b"\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+
+
+async def test_unexpected_error_is_a_logged_500_without_details(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    reported: list[BaseException] = []
+    monkeypatch.setattr("sesd.telemetry.capture", reported.append)
+
+    def broken(self: Store, topic_id: str) -> Any:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(Store, "topic_stats", broken)
+    with structlog.testing.capture_logs(MERGE) as logs:
+        resp = await env.client.get("/v1/topics/t1", headers=AUTH)
+    body = await assert_error(resp, 500, "GET", "/v1/topics/t1")
+    assert "secret" not in body["error"] and "Traceback" not in body["error"]
+    assert [type(e) for e in reported] == [RuntimeError]
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert len(errors) == 1
+    assert errors[0]["path"] == "/v1/topics/t1"
+    assert len(errors[0]["http_request_id"]) == 32
+
+
+async def test_each_5xx_logs_one_line_and_other_answers_none(
+        make_env: MakeEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sesd.store.BUSY_TIMEOUT_MS", 50)
+    env = await make_env()
+    with structlog.testing.capture_logs(MERGE) as logs:
+        assert (await env.post([msg()])).status == 200
+        assert (await env.client.get("/nope")).status == 404
+        env.exec("BEGIN IMMEDIATE")
+        try:
+            assert (await env.post([msg()])).status == 503
+        finally:
+            env.exec("ROLLBACK")
+    assert [(e["event"], e["status"]) for e in logs] == [("request failed", 503)]
+    assert len(logs[0]["http_request_id"]) == 32
+
+
+async def test_pixel_answers_even_when_the_database_fails(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (await env.post([msg()])).status == 200
+    (rid,) = env.request_ids()
+    key = env.rows("SELECT value FROM settings WHERE key = 'tracking_key'")[0][0]
+
+    def busy(self: Store, request_id: int) -> bool:
+        raise apsw.BusyError("database is locked")
+
+    monkeypatch.setattr(Store, "record_open", busy)
+    resp = await env.client.get(f"/v1/events/open?requestId={rid}&"
+                                f"token={tracking.make_token(key, rid)}")
+    await assert_pixel(resp)
+    assert env.counts()["results"] == 0
+
+
+async def test_put_suppression_stops_what_the_sender_holds(env: Env) -> None:
+    emails = ["a@example.com", "b@example.com", "A@EXAMPLE.COM"]
+    assert (await env.post([msg(emails=emails)])).status == 200
+    held_a, held_b, held_upper = env.request_ids()
+    env.exec("UPDATE requests SET status = 1")
+    resp = await env.client.put("/v1/suppressions/a@example.com", headers=AUTH,
+                                json={"reason": "asked"})
+    assert resp.status == 200
+    assert env.hooks.stops == 1
+    assert env.rows("SELECT id, status, error FROM requests ORDER BY id") == [
+        (held_a, 4, "suppressed: asked"), (held_b, 1, None), (held_upper, 4, "suppressed: asked")]
+    # Nothing held for it: no call.
+    assert (await env.client.put("/v1/suppressions/c@example.com", headers=AUTH)).status == 200
+    assert env.hooks.stops == 1
+    resp = await env.client.delete("/v1/suppressions/%20a@example.com%20", headers=AUTH)
+    assert await resp.json() == {"removed": True}
+
+
+async def test_storage_full_then_more_room(make_env: MakeEnv, tmp_path) -> None:
+    env = await make_env(sqlite_max_pages=40)
+    big = [msg(content="<p>" + "x" * 300_000 + "</p>")]
+    await assert_error(await env.post(big, {"Idempotency-Key": "big"}), 507, "POST",
+                       "/v1/messages")
+    assert env.counts() == EMPTY
+    # The operator raises the limit (frees disk): the same request now goes in, once.
+    roomy = await make_env(sqlite_max_pages=0)
+    resp = await roomy.post(big, {"Idempotency-Key": "big"})
+    assert resp.status == 200, await resp.text()
+    assert roomy.counts() == {**EMPTY, "contents": 1, "requests": 1, "idempotency": 1}
+
+
+@pytest.mark.parametrize("text", ['{"notificationType": "AmazonSnsSubscriptionSucceeded", '
+                                  '"message": "ok"}', '{"hello": "world"}', "not json"])
+async def test_signed_notification_that_is_no_ses_event_is_acknowledged(
+        sns_env: Env, cert_server: CertServer, sns_key, text: str) -> None:
+    resp = await post_sns(sns_env, signed_notification(sns_key, cert_server.cert_url, text))
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ignored"}
+    assert sns_env.counts() == EMPTY
+
+
+async def test_store_failure_on_a_notification_is_503(
+        sns_env: Env, cert_server: CertServer, sns_key, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(self: Store, **kwargs: Any) -> bool:
+        raise StorageFullError("the database is full")
+
+    monkeypatch.setattr(Store, "record_result", full)
+    message = signed_notification(sns_key, cert_server.cert_url, fixture_text("event-bounce.json"))
+    await assert_error(await post_sns(sns_env, message), 503, "POST", "/v1/events/results")
+    assert sns_env.counts() == EMPTY
+    assert sns_env.hooks.stops == 0
+
+
+async def test_certificates_are_cached_in_a_bounded_map(
+        sns_env: Env, cert_server: CertServer, sns_key, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sesd.api.handlers.CERT_CACHE_SIZE", 2)
+    urls = [f"{cert_server.base}/c{i}.pem" for i in range(3)] + [f"{cert_server.base}/c0.pem"]
+    for i, url in enumerate(urls):
+        message = signed_notification(sns_key, url, fixture_text("event-send.json"),
+                                      message_id=f"m{i}")
+        assert (await post_sns(sns_env, message)).status == 200
+    # c0 was dropped when c2 came in, so it is fetched again.
+    assert cert_server.hits == ["/c0.pem", "/c1.pem", "/c2.pem", "/c0.pem"]
+    assert sns_env.counts()["results"] == 4
+
+
+async def test_certificate_redirect_is_not_followed(sns_env: Env, cert_server: CertServer,
+                                                    sns_key) -> None:
+    url = f"{cert_server.base}/redirect/cert.pem"
+    message = signed_notification(sns_key, url, fixture_text("event-send.json"))
+    await assert_error(await post_sns(sns_env, message), 503, "POST", "/v1/events/results")
+    assert cert_server.hits == ["/redirect/cert.pem"]
+    assert sns_env.counts() == EMPTY
