@@ -139,6 +139,10 @@ def main(settings: Settings, channels: SchedulerChannels) -> int:
     try:
         scheduler.run()
     finally:
+        # Batches still in the queue's feeder thread when we exit are not waited for: their rows
+        # are "processing" in the store, and the next scheduler releases them. Waiting could
+        # hang forever if the sender is gone and the pipe is full.
+        channels.work.cancel_join_thread()
         store.close()
         log.debug("scheduler exiting", uptime=round(time.monotonic() - started, 1))
     return 0
