@@ -427,6 +427,11 @@ class Store:
     def sent_since(self, since_ms: int) -> int:
         return self._scalar_int(self.SENT_SINCE, (since_ms,))
 
+    def last_sent_at(self) -> int | None:
+        """When the most recent send was recorded (ms), by the sent_at index."""
+        row = self.db.execute("SELECT MAX(sent_at) FROM requests").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def request_row(self, request_id: int) -> dict[str, Any] | None:
         """One request as a dict (operators' debugging and tests)."""
         cur = self.db.execute("SELECT * FROM requests WHERE id = ?", (request_id,))

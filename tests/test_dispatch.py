@@ -114,8 +114,10 @@ def test_sigkill_mid_run_loses_nothing(tmp_path: Path, standin: Standin, role: s
         per_request = sends_per_request(standin.log())
         assert len(per_request) == 3000
         duplicates = sum(n - 1 for n in per_request.values())
-        # Only calls in flight when the process died can have gone out twice.
-        assert duplicates <= concurrency
+        # Only calls in flight when the process died, or answered but not yet written back
+        # (outcomes are written every 25 ms; 50 ms of sends at 500/s allows for a busy box),
+        # can have gone out twice.
+        assert duplicates <= concurrency + 25
         health = service.wait_healthy()
         assert health["processes"][role]["restarts"] == 1
     finally:

@@ -125,3 +125,15 @@ async def test_stop_hands_back_unstarted_work(tmp_path: Path, standin: SesStandi
     counts = statuses(store)
     assert counts.get(1, 0) == 0  # nothing left processing
     assert counts[2] == len(standin.sends) and counts[0] == 100 - counts[2]
+
+
+async def test_a_new_sender_waits_a_window_after_recent_sends(tmp_path: Path) -> None:
+    s = settings(tmp_path, email_rate=50)
+    db = Database(lambda: Store(s.db_path))
+    sender = Sender(s, db, SesTransport(s), work=None, credits=None, tracking_key="k" * 32)
+    assert not sender.assume_recent_sends(None)  # nothing ever sent: start at once
+    assert not sender.assume_recent_sends(now_ms() - 60_000)
+    assert sender.bucket.delay(1) == 0.0
+    assert sender.assume_recent_sends(now_ms() - 300)  # a previous sender was just busy
+    assert 0.9 < sender.bucket.delay(1) <= sender.bucket.window
+    db.close()

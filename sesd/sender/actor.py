@@ -117,6 +117,19 @@ class Sender:
         self._flushed = asyncio.Event()
         self._stop_requested = asyncio.Event()
 
+    def assume_recent_sends(self, last_sent_ms: int | None) -> bool:
+        """A new sender knows nothing of what a previous one (crashed or just restarted) sent in
+        the last second, and an empty bucket would let it add a full second's worth on top: up
+        to twice the rate in one window. If anything was sent recently, count the window as
+        full now, so the first call waits one window. (The previous sender's calls in flight at
+        its death are not in the store at all, so this cannot be computed more finely.)"""
+        if self.settings.unlimited_rate or last_sent_ms is None:
+            return False
+        if now_ms() - last_sent_ms > 2_000 * self.bucket.window:
+            return False
+        self.bucket.take(self.bucket.capacity)
+        return True
+
     # -- intake -------------------------------------------------------------------------------
 
     def receive(self, item: Batch | Stop | None) -> None:

@@ -40,6 +40,10 @@ async def _run(settings: Settings, channels: SenderChannels) -> int:
     await transport.start()
     sender = Sender(settings, db, transport, work=channels.work, credits=channels.credits,
                     stop_epoch=channels.stop_epoch, tracking_key=key)
+    last_sent = await db.run(db.store.last_sent_at)
+    if sender.assume_recent_sends(last_sent):
+        log.info("recent sends by a previous sender; waiting one window before sending",
+                 window=round(sender.bucket.window, 3))
     loop = asyncio.get_running_loop()
     stops = 0
 
