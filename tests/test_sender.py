@@ -137,3 +137,15 @@ async def test_a_new_sender_waits_a_window_after_recent_sends(tmp_path: Path) ->
     assert sender.assume_recent_sends(now_ms() - 300)  # a previous sender was just busy
     assert 0.9 < sender.bucket.delay(1) <= sender.bucket.window
     db.close()
+
+
+async def test_contents_no_job_needs_are_forgotten(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    db = Database(lambda: Store(s.db_path))
+    sender = Sender(s, db, SesTransport(s), work=None, credits=None, tracking_key="k" * 32)
+    sender.receive(Batch([Job(1, "held@example.com", 0)], {0: ("S", "H")}))
+    for cid in range(1, 1000):  # a long run: a new message every batch, all sent meanwhile
+        sender.receive(Batch([], {cid: ("S", f"H{cid}")}))
+    assert len(sender.contents) <= 257
+    assert 0 in sender.contents  # still needed by the held job
+    db.close()

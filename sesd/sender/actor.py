@@ -13,7 +13,7 @@ import heapq
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +37,7 @@ log = structlog.get_logger()
 FLUSH_INTERVAL = 0.025  # seconds between outcome write-backs (what a crash can forget)
 FLUSH_ROWS = 2_000  # or sooner, when this many outcomes wait
 CREDIT_INTERVAL = 0.05
+CONTENT_CACHE = 256  # distinct contents kept before unused ones are dropped
 METRICS_INTERVAL = 5.0
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
@@ -101,6 +102,7 @@ class Sender:
         self.retries: list[_Retry] = []
         self.contents: dict[int, tuple[str, str]] = {}
         self.templates: dict[int, str | None] = {}  # content id -> bulk template, None if unsafe
+        self._calls_per_content: Counter[int] = Counter()  # content ids of calls in flight
         self.inflight: set[asyncio.Task[None]] = set()
         self.outcomes: list[Outcome] = []
         self.counters = Counters()
@@ -136,6 +138,8 @@ class Sender:
         """Called on the loop for each message from the scheduler."""
         if isinstance(item, Batch):
             self.contents.update(item.contents)
+            if len(self.contents) > CONTENT_CACHE:
+                self._forget_unused_contents()
             if self.accepting:
                 self.pending.extend((job, 0) for job in item.jobs)
             else:
@@ -144,6 +148,15 @@ class Sender:
             self.input_closed = True
             self._stop_requested.set()
         self._wakeup.set()
+
+    def _forget_unused_contents(self) -> None:
+        """Contents arrive with every batch; keep only those a held job or a call still needs,
+        or a long run with many messages would grow the sender without bound."""
+        used = {job.content_id for job, _ in self.pending}
+        used.update(r.job.content_id for r in self.retries)
+        used.update(self._calls_per_content)
+        self.contents = {cid: c for cid, c in self.contents.items() if cid in used}
+        self.templates = {cid: t for cid, t in self.templates.items() if cid in used}
 
     def start_reader(self, loop: asyncio.AbstractEventLoop) -> None:
         """Blocking Queue.get in a thread, handing whole batches to the loop."""
@@ -207,6 +220,7 @@ class Sender:
                 continue
             group = self._fit_to_bucket(group)
             await self._take_tokens(len(group[1]))
+            self._calls_per_content[group[0]] += 1
             task = asyncio.create_task(self._send(*group))
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
@@ -295,6 +309,9 @@ class Sender:
             for job, attempts in group:
                 self._retry(job, attempts + 1, SendError(f"internal error: {exc}"))
         finally:
+            self._calls_per_content[content_id] -= 1
+            if not self._calls_per_content[content_id]:
+                del self._calls_per_content[content_id]
             self.bucket.settle(len(group))
             self.semaphore.release()
             self._wakeup.set()
