@@ -154,7 +154,7 @@ class Soak:
             ("duplicate sends", dups, crash_kills * conc * per_call),
             ("failed requests", st.get(3, 0), a.max_failed),
             ("peak sliding second", peak, int(a.rate)),
-            ("graceful stop exit code", res["exit_code"] or 0, 0),
+            ("graceful stop exit code (abs)", abs(res["exit_code"] or 0), 0),
             ("samples with two live senders", sum(1 for n in Counter(
                 t for t, r, _, _ in res["monitor"].series if r == "sender").values() if n > 1), 0),
         ]
