@@ -28,6 +28,9 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tests import service  # noqa: E402  (after the path is set: the shared subprocess wrappers)
+
 RESULTS = ROOT / "bench" / "results"
 API_KEY = "bench-key-0123456789"
 FAR_FUTURE = "2099-01-01T00:00:00Z"
@@ -55,31 +58,16 @@ def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | N
     return status, (json.loads(raw) if "json" in ctype and raw else raw)
 
 
-class Standin:
-    """`python -m sesd.testing.ses_standin` on loopback; keeps a compact copy of its send log:
-    `arrivals` holds (t epoch seconds, recipients, request id or None), one per accepted send."""
+class Standin(service.Standin):
+    """The tests' stand-in wrapper, plus a compact copy of its send log: `arrivals` holds
+    (t epoch seconds, recipients, request id or None), one per accepted send."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sesd.testing.ses_standin", "--port", "0", *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        super().__init__(*args)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("listening "):
-            self.proc.kill()
-            raise RuntimeError(f"stand-in did not start: {line!r}")
-        self.url = line.split()[1]
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drain it
         self.arrivals: list[tuple[float, int, str | None]] = []
         self._next = 0
-
-    def env(self) -> dict[str, str]:
-        return {"EMAIL_TRANSPORT": "ses", "AWS_ENDPOINT_URL_SESV2": self.url,
-                "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                "AWS_REGION": "us-east-1", "EMAIL_SENDER": "sender@example.com"}
-
-    def configure(self, **changes: Any) -> Any:
-        return http("POST", self.url + "/_standin/config", changes)[1]
 
     def reset(self) -> None:
         http("POST", self.url + "/_standin/reset", b"")
@@ -97,13 +85,6 @@ class Standin:
             self.arrivals.append((float(s["t"]), n, s.get("request_id")))
         self._next = int(page["next"])
         return dict(page["counters"])
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 class Sesd:

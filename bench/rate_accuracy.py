@@ -1,6 +1,6 @@
 """Rate accuracy: sesd at EMAIL_RATE=R against a stand-in that throttles above R per sliding
-second. Sustained rate = (N - R) / (t_last - t_first) over the stand-in's arrival times (the
-first second may legitimately carry R at once); peak = most recipients in any sliding second.
+second. Sustained rate = (N - 1) / (t_last - t_first) over the stand-in's arrival times (sesd
+paces its calls, with no first-second burst); peak = most recipients in any sliding second.
 
     .venv/bin/python bench/rate_accuracy.py --rates 14,200,1000 --seconds 10
 """
@@ -88,7 +88,7 @@ def main() -> int:
     ts, rows, detail, series, limits = stamp(), [], [], {}, {}
     for rate in [float(x) for x in args.rates.split(",")]:
         # A whole number of seconds' worth: a bulk sender moves a second's tokens per call, so a
-        # last partial call would wait a full second and skew (N - R) / (t_last - t_first).
+        # last partial call would wait a full second and skew (N - 1) / (t_last - t_first).
         n = args.n or int(math.ceil(max(100, rate * args.seconds) / rate) * rate)
         runs = []
         for i in range(args.runs):
@@ -117,8 +117,8 @@ def main() -> int:
     print(table(rows))
     print("\nverdict ok = sustained >= 99% of the rate, no sliding second above it, and no 429 "
           "(the stand-in throttles exactly above the rate, by arrival time).\nShort runs: "
-          "(N - R) / span assumes the first R left at once; a sender that splits its first "
-          "second into several calls can show a little above R, the peak is the ceiling check.")
+          "(N - 1) / span assumes even pacing; a bulk call that takes a second's recipients at "
+          "once can show a little above R on short runs, the peak is the ceiling check.")
     print(f"results: {path}")
     if "plot" in out:
         print(f"plot: {out['plot']}")

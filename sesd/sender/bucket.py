@@ -99,15 +99,7 @@ class SlidingWindowBucket:
 
     def try_take(self, n: int = 1) -> float:
         """Take n and return 0.0 if they fit now, else return the delay and take nothing."""
-        self._check(n)
-        if not self.rate:
-            return 0.0
-        now = self._clock()
-        wait = self._wait(now, n)
-        if wait == 0:
-            self._pace(now, n)
-            self._record(now, n)
-        return wait
+        return self._admit(n, hold=False)
 
     def hold(self, n: int = 1) -> float:
         """Like try_take, for a call whose arrival time at SES is not known yet: the n
@@ -115,6 +107,9 @@ class SlidingWindowBucket:
         answered. Whatever happened between our clock and SES's (a cold connection, a busy
         loop), the call reached SES before it answered, so the bound holds at SES's end too;
         it costs a window only the call's round trip."""
+        return self._admit(n, hold=True)
+
+    def _admit(self, n: int, *, hold: bool) -> float:
         self._check(n)
         if not self.rate:
             return 0.0
@@ -122,7 +117,10 @@ class SlidingWindowBucket:
         wait = self._wait(now, n)
         if wait == 0:
             self._pace(now, n)
-            self._held += n
+            if hold:
+                self._held += n
+            else:
+                self._record(now, n)
         return wait
 
     def settle(self, n: int = 1) -> None:
