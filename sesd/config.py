@@ -57,6 +57,9 @@ class Settings:
     max_recipients: int = 100_000
     # Test and operations hook: cap the database size (pages) to rehearse a full disk.
     sqlite_max_pages: int = 0
+    # Test hook (SESD_FAULT_CRASH_EMAIL): the sender process dies, as a crash would, when it
+    # receives a job for this address. Exercises the isolation of a message that kills it.
+    fault_crash_email: str = ""
     # Environment variables botocore reads itself (endpoint overrides, credentials) are passed
     # through untouched; this keeps the record of them for the children.
     aws_env: tuple[tuple[str, str], ...] = ()
@@ -245,5 +248,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
                                 maximum=10_000_000),
         sqlite_max_pages=_integer("SQLITE_MAX_PAGES", get("SQLITE_MAX_PAGES", "0"), minimum=0,
                                   maximum=2**31 - 1),
+        fault_crash_email=get("SESD_FAULT_CRASH_EMAIL"),
         aws_env=tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_"))),
     )

@@ -41,4 +41,20 @@ class PermanentSendError(SendError):
 
 
 class SendingPausedError(SendError):
-    """The account cannot send at all right now (paused, suspended). Hold all work."""
+    """The account cannot send at all right now (paused, suspended, no valid credentials).
+    Hold all work; burn no attempts."""
+
+
+class IdentityNotVerifiedError(SendError):
+    """SES refused the From identity itself (unverified address or domain): every message from
+    it would fail alike, so it is an account-level mistake, not a verdict on the recipient.
+    Hold the mail from that identity; burn no attempts."""
+
+    def __init__(self, message: str, *, identity: str, code: str = "MessageRejected") -> None:
+        super().__init__(message, code=code)
+        self.identity = identity
+
+
+class BulkUnsupportedError(SendError):
+    """The endpoint does not implement SendBulkEmail (an emulator such as moto answers 404):
+    not the recipients' fault. Switch to SendEmail and send the jobs again, burning no attempts."""

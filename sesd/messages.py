@@ -20,11 +20,20 @@ class Job(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class Content:
+    """One stored message: what all its recipients share."""
+
+    topic_id: str
+    subject: str
+    html: str
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     """Scheduler → sender: claimed jobs plus each distinct content they need, sent once."""
 
     jobs: list[Job]
-    contents: dict[int, tuple[str, str]]  # content_id -> (subject, html)
+    contents: dict[int, Content]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +41,6 @@ class Credit:
     """Sender → scheduler: `n` jobs have left the sender's hands (finished or handed back)."""
 
     n: int
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """Supervisor → sender: drain in-flight work, hand back the rest, flush, exit."""
 
 
 # Roles, in the order they start; shutdown drains them in this order too.

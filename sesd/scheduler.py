@@ -25,6 +25,10 @@ from .store import Store, now_ms
 
 # One claim transaction never takes more than this many rows: keeps the write lock short.
 CLAIM_CHUNK = 5_000
+# Requests held by a sender that crashed go out apart from everything else, this many at a
+# time after one crash and one by one after more: a message that kills the sender then takes
+# only itself down, and is failed at MAX_CRASHES (see Store.release_processing).
+SUSPECT_BATCH = 50
 # Even with nothing scheduled we look again now and then, in case a nudge was lost.
 IDLE_RECHECK = 5.0
 
@@ -48,6 +52,7 @@ class Scheduler:
         self.stopping = False
         self.claimed = 0
         self.suppressed = 0
+        self._isolating = False  # suspects wait: claim nothing until the sender holds nothing
         # A signal only records itself; the wake-up fd gets the select() below out of its sleep.
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -65,7 +70,7 @@ class Scheduler:
         # Nothing else holds claimed rows while we start (the supervisor starts us only after
         # any previous sender is gone), so whatever is still "processing" was stranded by a
         # crash: give it back now rather than after a lease timeout.
-        released = self.store.release_processing()
+        released = self.store.release_processing().released
         log.info("scheduler started", released=released, window=self.ch.window)
         while not self.stopping:
             self._take_credit(block_for=0.0)
@@ -76,7 +81,18 @@ class Scheduler:
 
     def _claim_and_send(self) -> bool:
         """Claim up to the available credit; True if anything was claimed."""
-        claimed = self.store.claim_due(min(self.credit, CLAIM_CHUNK))
+        level = self.store.suspect_level()
+        self._isolating = level > 0
+        if level:
+            if self.credit < self.ch.window:
+                return False  # wait until the sender's hands are empty
+            size = 1 if level >= 2 else SUSPECT_BATCH
+            claimed = self.store.claim_suspects(level, size)
+            if claimed.jobs:
+                log.warning("sending requests held at a sender crash apart from other work",
+                            count=len(claimed.jobs), crashes=level)
+        else:
+            claimed = self.store.claim_due(min(self.credit, CLAIM_CHUNK))
         self.suppressed += claimed.suppressed
         if claimed.suppressed:
             log.info("suppressed recipients stopped", count=claimed.suppressed)
@@ -89,7 +105,7 @@ class Scheduler:
         return True
 
     def _timeout(self) -> float | None:
-        if self.credit <= 0:
+        if self.credit <= 0 or (self._isolating and self.credit < self.ch.window):
             return None  # only new credit (or a signal) can let us do anything
         due = self.store.next_due()
         if due is None:

@@ -17,9 +17,13 @@ import apsw
 import orjson
 
 from .errors import StorageFullError
+from .messages import Content
 
 CREATED, PROCESSING, SENT, FAILED, STOPPED = 0, 1, 2, 3, 4
 STATUS_NAMES = ("created", "processing", "sent", "failed", "stopped")
+TERMINAL = (SENT, FAILED, STOPPED)
+# A request held by the sender at this many sender crashes is failed instead of claimed again.
+MAX_CRASHES = 3
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -78,6 +82,19 @@ MIGRATIONS: tuple[str, ...] = (
         created_at INTEGER NOT NULL
     );
     """,
+    # v2: a request handed to SES is marked (sending_at) in a commit before the call, so a topic
+    # stop never counts a request that is about to reach SES; sender crashes are counted per
+    # request to isolate a message that kills the sender; contents know their topic (logs).
+    """
+    ALTER TABLE requests ADD COLUMN sending_at INTEGER;
+    ALTER TABLE requests ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE contents ADD COLUMN topic_id TEXT;
+    UPDATE contents SET topic_id = owners.topic_id
+    FROM (SELECT content_id, MIN(topic_id) AS topic_id FROM requests GROUP BY content_id) AS owners
+    WHERE owners.content_id = contents.id;
+    -- Requests waiting again after a sender crash: claimed apart from the rest (see claim_due).
+    CREATE INDEX requests_suspects ON requests (id) WHERE status = 0 AND crashes > 0;
+    """,
 )
 
 
@@ -106,14 +123,26 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What happened to one job in the sender."""
+    """What happened to one job in the sender.
+
+    status is SENT or FAILED (final), CREATED (handed back unsent), or PROCESSING: the job is
+    still the sender's, waiting to be tried again (its SES call is over: `sending_at` clears, so
+    a topic stop may take it; attempts and the last error are kept for the requests route)."""
 
     request_id: int
-    status: int  # SENT, FAILED, or CREATED (handed back unsent)
+    status: int
     message_id: str | None = None
     error: str | None = None
     attempts: int = 0
     at: int = 0  # ms
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """What the supervisor's release of a dead pipeline's rows did."""
+
+    released: int  # put back to created
+    failed: int  # failed: held at too many sender crashes
 
 
 class Store:
@@ -203,8 +232,8 @@ class Store:
 
     # -- ingest (API) -------------------------------------------------------------------------
 
-    INSERT_CONTENT = ("INSERT INTO contents (subject, html, created_at) VALUES (?, ?, ?) "
-                      "RETURNING id")
+    INSERT_CONTENT = ("INSERT INTO contents (subject, html, topic_id, created_at) "
+                      "VALUES (?, ?, ?, ?) RETURNING id")
     # The recipients go in as one JSON array expanded inside SQLite: no per-row Python round trip.
     INSERT_REQUESTS = """
         INSERT INTO requests (topic_id, email, content_id, scheduled_at, status, created_at,
@@ -222,8 +251,8 @@ class Store:
         count = 0
         with self._write() as cur:
             for msg in messages:
-                content_id = cur.execute(self.INSERT_CONTENT,
-                                         (msg.subject, msg.html, created_at)).fetchall()[0][0]
+                content_id = cur.execute(self.INSERT_CONTENT, (msg.subject, msg.html, msg.topic_id,
+                                                               created_at)).fetchall()[0][0]
                 cur.execute(self.INSERT_REQUESTS, (msg.topic_id, content_id, msg.scheduled_at,
                                                    created_at, orjson.dumps(list(msg.emails))))
                 count += self.db.changes()
@@ -238,17 +267,29 @@ class Store:
         return (str(row[0]), bytes(row[1])) if row else None
 
     def stop_topic(self, topic_id: str) -> int:
+        """Stop every request of the topic that is not sent and not being sent; the count is
+        exactly what ends stopped. A request whose SES call has started (`sending_at`, committed
+        by the sender before the call) is SES's already: it ends as SES answers."""
         with self._write() as cur:
             cur.execute("UPDATE requests SET status = 4, error = 'topic stopped', updated_at = ? "
-                        "WHERE topic_id = ? AND status IN (0, 1)", (now_ms(), topic_id))
+                        "WHERE topic_id = ? AND status IN (0, 1) AND sending_at IS NULL",
+                        (now_ms(), topic_id))
             return self.db.changes()
 
     # -- scheduler ----------------------------------------------------------------------------
 
+    # Requests waiting again after a sender crash (crashes > 0) are left to claim_suspects.
     CLAIM = """
         UPDATE requests SET status = 1, updated_at = ?1
         WHERE id IN (SELECT id FROM requests WHERE status = 0 AND scheduled_at <= ?1
-                     ORDER BY scheduled_at, id LIMIT ?2)
+                     AND crashes = 0 ORDER BY scheduled_at, id LIMIT ?2)
+        RETURNING id, email, content_id,
+                  (SELECT reason FROM suppressions WHERE suppressions.email = requests.email)
+    """
+    CLAIM_SUSPECTS = """
+        UPDATE requests SET status = 1, updated_at = ?1
+        WHERE id IN (SELECT id FROM requests WHERE status = 0 AND crashes > 0 AND crashes = ?2
+                     ORDER BY id LIMIT ?3)
         RETURNING id, email, content_id,
                   (SELECT reason FROM suppressions WHERE suppressions.email = requests.email)
     """
@@ -257,10 +298,24 @@ class Store:
         """Mark up to `limit` due requests processing; suppressed recipients are stopped on the
         spot with the reason, in the same transaction, and never handed on."""
         now = now_ms() if now is None else now
+        return self._claim(self.CLAIM, (now, limit))
+
+    def suspect_level(self) -> int:
+        """The most sender crashes among requests waiting again after one (0: none waits)."""
+        return self._scalar_int("SELECT MAX(crashes) FROM requests "
+                                "WHERE status = 0 AND crashes > 0")
+
+    def claim_suspects(self, crashes: int, limit: int) -> Claimed:
+        """Claim up to `limit` requests that were held by the sender at `crashes` crashes: the
+        scheduler hands them on alone, so a message that kills the sender takes only itself
+        (and, the first times, a few neighbours) down with it."""
+        return self._claim(self.CLAIM_SUSPECTS, (now_ms(), crashes, limit))
+
+    def _claim(self, sql: str, bindings: tuple[int, ...]) -> Claimed:
         jobs: list[tuple[int, str, int]] = []
         suppressed: list[tuple[str, int]] = []
         with self._write() as cur:
-            for request_id, email, content_id, reason in cur.execute(self.CLAIM, (now, limit)):
+            for request_id, email, content_id, reason in cur.execute(sql, bindings):
                 if reason is None:
                     jobs.append((request_id, email, content_id))
                 else:
@@ -270,52 +325,85 @@ class Store:
                                 suppressed)
         return Claimed(jobs, len(suppressed))
 
-    def contents(self, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+    def contents(self, ids: Iterable[int]) -> dict[int, Content]:
         ids = list(ids)
-        marks = ",".join("?" * len(ids))
-        rows = self.db.execute(f"SELECT id, subject, html FROM contents WHERE id IN ({marks})", ids)
-        return {row[0]: (row[1], row[2]) for row in rows}
+        rows = self.db.execute("SELECT id, topic_id, subject, html FROM contents "
+                               "WHERE id IN (SELECT value FROM json_each(?))",
+                               (orjson.dumps(ids),))
+        return {cid: Content(topic or "", subject, html) for cid, topic, subject, html in rows}
 
     def next_due(self) -> int | None:
         """The earliest scheduled time among created requests (ms), or None when there are none."""
         row = self.db.execute("SELECT MIN(scheduled_at) FROM requests WHERE status = 0").fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    def release_processing(self) -> int:
+    def release_processing(self, *, crashed: bool = False) -> Released:
         """Put every processing request back to created. Only safe while no sender holds work:
-        the supervisor calls it at start and after a sender is gone, never concurrently."""
+        the supervisor calls it at start and after a sender is gone, never concurrently.
+
+        `crashed`: the sender died of its own fault (an exception, a fatal signal) while holding
+        these rows. Each counts one more crash; at MAX_CRASHES a request is failed with the reason
+        instead of being claimed again, so one poisonous message cannot crash-loop the sender."""
+        at = now_ms()
         with self._write() as cur:
-            cur.execute("UPDATE requests SET status = 0, updated_at = ? WHERE status = 1",
-                        (now_ms(),))
-            return self.db.changes()
+            failed = 0
+            if crashed:
+                cur.execute("UPDATE requests SET crashes = crashes + 1 WHERE status = 1")
+                cur.execute("UPDATE requests SET status = 3, sending_at = NULL, updated_at = ?, "
+                            "error = 'the sender process crashed ' || crashes || "
+                            "' times while holding this request; not tried again' "
+                            "WHERE status = 1 AND crashes >= ?", (at, MAX_CRASHES))
+                failed = self.db.changes()
+            cur.execute("UPDATE requests SET status = 0, sending_at = NULL, updated_at = ? "
+                        "WHERE status = 1", (at,))
+            return Released(self.db.changes(), failed)
 
     # -- sender -------------------------------------------------------------------------------
+
+    def begin_sending(self, request_ids: Sequence[int], at: int | None = None) -> set[int]:
+        """Mark these requests as handed to SES, in a commit before the call; returns those that
+        may be sent — the ones still processing (a topic stop or a suppression may have taken the
+        others since they were claimed). A stop skips marked rows, so what it counts as stopped
+        never reaches SES."""
+        at = now_ms() if at is None else at
+        with self._write() as cur:
+            rows = cur.execute("UPDATE requests SET sending_at = ? WHERE status = 1 AND id IN "
+                               "(SELECT value FROM json_each(?)) RETURNING id",
+                               (at, orjson.dumps(list(request_ids))))
+            return {row[0] for row in rows}
 
     def record_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         """Write a batch of outcomes in one transaction.
 
-        A send that happened is always recorded, even if the topic was stopped meanwhile (status
-        4): hiding a real send would be a lie. A failure or hand-back only touches rows still
+        A send that happened is always recorded, even if the request was stopped meanwhile
+        (status 4): hiding a real send would be a lie (begin_sending makes it impossible, but the
+        record must not depend on that). A failure, a retry or a hand-back only touches rows still
         processing, so a stop wins over them."""
-        sent, failed, released = [], [], []
+        sent, failed, retry, released = [], [], [], []
         for o in outcomes:
             if o.status == SENT:
                 sent.append((o.message_id, o.attempts, o.at, o.at, o.request_id))
             elif o.status == FAILED:
                 failed.append((o.error, o.attempts, o.at, o.request_id))
+            elif o.status == PROCESSING:
+                retry.append((o.error, o.attempts, o.at, o.request_id))
             else:
                 released.append((o.at, o.request_id))
         with self._write() as cur:
             if sent:
                 cur.executemany("UPDATE requests SET status = 2, message_id = ?, error = NULL, "
-                                "attempts = ?, sent_at = ?, updated_at = ? "
+                                "attempts = ?, sent_at = ?, updated_at = ?, sending_at = NULL "
                                 "WHERE id = ? AND status IN (1, 4)", sent)
             if failed:
                 cur.executemany("UPDATE requests SET status = 3, error = ?, attempts = ?, "
-                                "updated_at = ? WHERE id = ? AND status = 1", failed)
+                                "updated_at = ?, sending_at = NULL WHERE id = ? AND status = 1",
+                                failed)
+            if retry:
+                cur.executemany("UPDATE requests SET error = ?, attempts = ?, updated_at = ?, "
+                                "sending_at = NULL WHERE id = ? AND status = 1", retry)
             if released:
-                cur.executemany("UPDATE requests SET status = 0, updated_at = ? "
-                                "WHERE id = ? AND status = 1", released)
+                cur.executemany("UPDATE requests SET status = 0, sending_at = NULL, "
+                                "updated_at = ? WHERE id = ? AND status = 1", released)
 
     def stopped_among(self, request_ids: Sequence[int]) -> set[int]:
         """Which of these requests have been stopped (topic stopped) since they were claimed."""
@@ -397,7 +485,8 @@ class Store:
         with self._write() as cur:
             before = self.db.total_changes()
             cur.executemany("UPDATE requests SET status = 4, error = ?, updated_at = ? "
-                            "WHERE status = 1 AND email = ? COLLATE NOCASE",
+                            "WHERE status = 1 AND sending_at IS NULL "
+                            "AND email = ? COLLATE NOCASE",
                             [(f"suppressed: {reason}", at, email) for email, reason in suppress])
             return self.db.total_changes() - before
 
@@ -423,6 +512,27 @@ class Store:
         statuses = {status: n for status, n in self.db.execute(self.TOPIC_RESULTS, (topic_id,))}
         return {"request": {"total": sum(counts.values()), **counts},
                 "result": {"statuses": statuses}}
+
+    TOPIC_PAGE = """
+        SELECT id, email, status, error, attempts, message_id, created_at, updated_at
+        FROM requests WHERE topic_id = ? AND status = ? AND id > ? ORDER BY id LIMIT ?
+    """
+
+    def topic_requests(self, topic_id: str, statuses: Sequence[int], *, after: int = 0,
+                       limit: int = 100) -> list[dict[str, Any]]:
+        """One page of a topic's requests in id order, after request id `after`.
+
+        One walk of the (topic_id, status) index per status, merged: index-only ordering for any
+        set of statuses, without a sort over the whole topic."""
+        rows: list[tuple[Any, ...]] = []
+        for status in statuses:
+            rows.extend(self.db.execute(self.TOPIC_PAGE, (topic_id, status, after, limit)))
+        rows.sort(key=lambda row: row[0])
+        return [{"id": rid, "email": email, "status": STATUS_NAMES[status], "error": error,
+                 "attempts": attempts, "messageId": message_id, "createdAt": created,
+                 "updatedAt": updated}
+                for rid, email, status, error, attempts, message_id, created, updated
+                in rows[:limit]]
 
     def sent_since(self, since_ms: int) -> int:
         return self._scalar_int(self.SENT_SINCE, (since_ms,))

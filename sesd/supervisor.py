@@ -22,11 +22,12 @@ from typing import Any, TextIO
 
 import structlog
 
-from . import config, telemetry
+from . import config, preflight, telemetry
 from .api.process import ApiChannels
 from .api.process import main as api_main
 from .child import EX_CONFIG, bootstrap
 from .errors import ConfigError, StorageFullError
+from .health import HealthTable
 from .messages import ROLES
 from .scheduler import SchedulerChannels
 from .scheduler import main as scheduler_main
@@ -35,9 +36,12 @@ from .sender.process import main as sender_main
 from .store import Store
 
 # Exit codes (dramatiq-style names): what the operator should look at.
-RET_OK, RET_CRASH, RET_CONFIG, RET_LOCKED, RET_CHILD_CONFIG = 0, 1, 2, 3, 4
+RET_OK, RET_CONFIG, RET_LOCKED, RET_CHILD_CONFIG, RET_STORAGE_FULL = 0, 2, 3, 4, 5
 RESTART_WINDOW = 60.0  # restarts within this many seconds count as a crash loop
 MAX_BACKOFF = 30.0
+# A child that ends this way was stopped from outside (an operator, a test, the OOM killer's
+# SIGKILL): what it held is released as it is. Any other end of the sender is its own crash.
+_EXTERNAL_ENDS = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT})
 
 log = structlog.get_logger()
 
@@ -47,8 +51,9 @@ class Supervisor:
         self.settings = settings
         self.store = store
         self.ctx = mp.get_context("spawn")
-        # pid, alive, restarts per role; the API reads it for /health without asking us.
-        self.health: Any = self.ctx.RawArray("q", 3 * len(ROLES))
+        # pid, alive, restarts per role, and whether sending is held; the API reads it for
+        # /health without asking us.
+        self.health = HealthTable(self.ctx, ROLES)
         self.stop_epoch: Any = self.ctx.RawValue("q", 0)
         self.nudges_r, self.nudges_w = self.ctx.Pipe(duplex=False)
         self.procs: dict[str, BaseProcess] = {}
@@ -65,8 +70,7 @@ class Supervisor:
                                 args=(role, self.settings, os.getpid(), entry, channels))
         proc.start()
         self.procs[role] = proc
-        i = ROLES.index(role)
-        self.health[3 * i], self.health[3 * i + 1] = proc.pid or 0, 1
+        self.health.started(role, proc.pid or 0)
         log.info("process started", process=role, pid=proc.pid)
 
     def _start_api(self) -> None:
@@ -83,7 +87,9 @@ class Supervisor:
         window = min(50_000, max(256, 2 * s.max_concurrent, rate_window))
         self._spawn("scheduler", scheduler_main,
                     SchedulerChannels(self.nudges_r, credits_r, work, window))
-        self._spawn("sender", sender_main, SenderChannels(work, credits_w, self.stop_epoch))
+        self.health.set_held(None)  # a new sender finds out afresh
+        self._spawn("sender", sender_main,
+                    SenderChannels(work, credits_w, self.stop_epoch, self.health))
 
     def _stop(self, role: str, timeout: float) -> None:
         proc = self.procs.get(role)
@@ -99,7 +105,7 @@ class Supervisor:
                             pid=proc.pid)
                 proc.kill()
                 proc.join()
-        self.health[3 * ROLES.index(role) + 1] = 0
+        self.health.stopped(role)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -132,11 +138,10 @@ class Supervisor:
         return code
 
     def _recover(self, role: str, proc: BaseProcess) -> None:
-        i = ROLES.index(role)
-        self.health[3 * i + 1] = 0
-        self.health[3 * i + 2] += 1
+        restarts = self.health.died(role)
+        crashed = role == "sender" and proc.exitcode not in _EXTERNAL_ENDS
         log.error("process died", process=role, pid=proc.pid, exitcode=proc.exitcode,
-                  restarts=self.health[3 * i + 2])
+                  restarts=restarts, crashed=crashed)
         if not self._backoff(role):
             return
         if role == "api":
@@ -148,8 +153,11 @@ class Supervisor:
         self._stop("sender", self.settings.shutdown_grace + 5)
         for end in self._pipeline_ends:
             end.close()
-        released = self.store.release_processing()
-        log.info("restarting the pipeline on fresh queues", released=released)
+        released = self.store.release_processing(crashed=crashed)
+        if released.failed:
+            log.error("requests failed: the sender crashed repeatedly while holding them",
+                      count=released.failed)
+        log.info("restarting the pipeline on fresh queues", released=released.released)
         self._start_pipeline()
 
     def _backoff(self, role: str) -> bool:
@@ -177,7 +185,7 @@ class Supervisor:
         self._stop("api", grace + 5)
         self._stop("scheduler", 5)
         self._stop("sender", grace + 5)
-        released = self.store.release_processing()
+        released = self.store.release_processing().released
         log.info("stopped", returned_to_created=released)
 
 
@@ -197,6 +205,13 @@ def _fail(message: str, stream: TextIO = sys.stderr) -> None:
 def main() -> int:
     try:
         settings = config.load()
+    except ConfigError as exc:
+        _fail(f"configuration error: {exc}")
+        return RET_CONFIG
+    target: preflight.SesTarget | None = None
+    try:
+        if settings.email_transport == "ses":
+            target = preflight.check_ses(settings)
     except ConfigError as exc:
         _fail(f"configuration error: {exc}")
         return RET_CONFIG
@@ -221,15 +236,24 @@ def main() -> int:
         return RET_LOCKED
     try:
         store = Store(settings.db_path, max_page_count=settings.sqlite_max_pages or None)
-        released = store.release_processing()
     except StorageFullError:
-        released = 0  # nothing to release can't be written; sending can still proceed
+        _fail(f"the database {settings.db_path} is full: its schema cannot be upgraded; free "
+              "disk space (or raise SQLITE_MAX_PAGES) and start again")
+        lock.close()
+        return RET_STORAGE_FULL
     except Exception as exc:
         _fail(f"configuration error: DB_PATH: cannot open {settings.db_path}: {exc}")
+        lock.close()
         return RET_CONFIG
-    log.info("sesd starting", transport=settings.email_transport, port=settings.server_port,
-             rate=settings.email_rate or "unlimited", db=str(settings.db_path),
-             released=released)
+    try:
+        released = store.release_processing().released
+    except StorageFullError:
+        released = 0  # nothing to release can't be written; sending can still proceed
+    where = {"outbox": str(settings.outbox_dir)} if target is None else {
+        "region": target.region, "endpoint": target.endpoint, "credentials": target.credentials}
+    log.info("sesd starting", transport=settings.email_transport, **where,
+             port=settings.server_port, rate=settings.email_rate or "unlimited",
+             db=str(settings.db_path), released=released)
     try:
         return Supervisor(settings, store).run()
     finally:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from sesd.config import Settings
-from sesd.messages import Batch, Job
-from sesd.sender.actor import Database, Sender
+from sesd.database import Database
+from sesd.messages import Batch, Content, Job
+from sesd.sender.actor import Sender
 from sesd.store import NewMessage, Store, now_ms
 from sesd.testing.ses_standin import SesStandin, StandinConfig, start_standin
 from sesd.transports.ses import SesTransport
@@ -36,25 +37,36 @@ def settings(tmp_path: Path, **changes: object) -> Settings:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-async def run_sender(s: Settings, n: int, html: str = "<p>hi</p>") -> tuple[Sender, Store]:
-    store = Store(s.db_path)
+async def make_sender(s: Settings, store: Store, n: int, html: str = "<p>hi</p>"
+                      ) -> tuple[Sender, SesTransport]:
+    """A Sender on the real store and SES transport, holding `n` claimed jobs of one message."""
     store.insert_messages([NewMessage("t", [f"u{i}@example.com" for i in range(n)], "Subj", html,
                                       now_ms())])
     claimed = store.claim_due(n)
-    db = Database(lambda: Store(s.db_path))
+    db = await Database.open(lambda: Store(s.db_path))
     transport = SesTransport(s)
     await transport.start()
     sender = Sender(s, db, transport, work=None, credits=None, tracking_key="k" * 32)
     sender.receive(Batch([Job(*j) for j in claimed.jobs], store.contents({claimed.jobs[0][2]})))
+    return sender, transport
+
+
+async def close_sender(sender: Sender, transport: SesTransport) -> None:
+    await transport.close()
+    await sender.db.close()
+
+
+async def run_sender(s: Settings, n: int, html: str = "<p>hi</p>") -> tuple[Sender, Store]:
+    store = Store(s.db_path)
+    sender, transport = await make_sender(s, store, n, html)
     task = asyncio.create_task(sender.run())
     for _ in range(600):
         await asyncio.sleep(0.05)
-        if not sender.pending and not sender.retries and not sender.inflight:
+        if not len(sender.waiting) and not sender.inflight:
             break
     sender.request_stop()
     await task
-    await transport.close()
-    db.close()
+    await close_sender(sender, transport)
     return sender, store
 
 
@@ -97,7 +109,7 @@ async def test_rejections_fail_with_text_and_faults_are_retried(tmp_path: Path,
 
 async def test_gives_up_after_max_attempts(tmp_path: Path, standin: SesStandin,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sesd.sender.actor.BACKOFF_BASE", 0.01)
+    monkeypatch.setattr("sesd.sender.policy.BACKOFF_BASE", 0.01)
     standin.config = dataclasses.replace(standin.config, error_rate=1.0)
     _, store = await run_sender(settings(tmp_path, bulk=False, max_attempts=3), 3)
     assert statuses(store) == {3: 3}
@@ -108,20 +120,12 @@ async def test_gives_up_after_max_attempts(tmp_path: Path, standin: SesStandin,
 async def test_stop_hands_back_unstarted_work(tmp_path: Path, standin: SesStandin) -> None:
     s = settings(tmp_path, email_rate=10, max_concurrent=2)
     store = Store(s.db_path)
-    store.insert_messages([NewMessage("t", [f"u{i}@example.com" for i in range(100)], "S", "H",
-                                      now_ms())])
-    claimed = store.claim_due(100)
-    db = Database(lambda: Store(s.db_path))
-    transport = SesTransport(s)
-    await transport.start()
-    sender = Sender(s, db, transport, work=None, credits=None, tracking_key="k" * 32)
-    sender.receive(Batch([Job(*j) for j in claimed.jobs], store.contents({claimed.jobs[0][2]})))
+    sender, transport = await make_sender(s, store, 100, html="H")
     task = asyncio.create_task(sender.run())
     await asyncio.sleep(0.5)
     sender.request_stop()
     await task
-    await transport.close()
-    db.close()
+    await close_sender(sender, transport)
     counts = statuses(store)
     assert counts.get(1, 0) == 0  # nothing left processing
     assert counts[2] == len(standin.sends) and counts[0] == 100 - counts[2]
@@ -129,23 +133,30 @@ async def test_stop_hands_back_unstarted_work(tmp_path: Path, standin: SesStandi
 
 async def test_a_new_sender_waits_a_window_after_recent_sends(tmp_path: Path) -> None:
     s = settings(tmp_path, email_rate=50)
-    db = Database(lambda: Store(s.db_path))
+    db = await Database.open(lambda: Store(s.db_path))
     sender = Sender(s, db, SesTransport(s), work=None, credits=None, tracking_key="k" * 32)
     assert not sender.assume_recent_sends(None)  # nothing ever sent: start at once
     assert not sender.assume_recent_sends(now_ms() - 60_000)
     assert sender.bucket.delay(1) == 0.0
     assert sender.assume_recent_sends(now_ms() - 300)  # a previous sender was just busy
     assert 0.9 < sender.bucket.delay(1) <= sender.bucket.window
-    db.close()
+    await db.close()
 
 
-async def test_contents_no_job_needs_are_forgotten(tmp_path: Path) -> None:
+async def test_contents_leave_with_their_last_job_and_never_before(tmp_path: Path) -> None:
     s = settings(tmp_path)
-    db = Database(lambda: Store(s.db_path))
+    db = await Database.open(lambda: Store(s.db_path))
     sender = Sender(s, db, SesTransport(s), work=None, credits=None, tracking_key="k" * 32)
-    sender.receive(Batch([Job(1, "held@example.com", 0)], {0: ("S", "H")}))
-    for cid in range(1, 1000):  # a long run: a new message every batch, all sent meanwhile
-        sender.receive(Batch([], {cid: ("S", f"H{cid}")}))
-    assert len(sender.contents) <= 257
-    assert 0 in sender.contents  # still needed by the held job
-    db.close()
+    sender.receive(Batch([Job(1, "held@example.com", 0)], {0: Content("t", "S", "H")}))
+    # A burst of one-recipient messages, each with its own content, far more than any cache:
+    # every job's content must still be there when its job comes up.
+    jobs = [Job(1000 + cid, f"r{cid}@example.com", cid) for cid in range(1, 1001)]
+    sender.receive(Batch(jobs, {cid: Content("t", "S", f"H{cid}") for cid in range(1, 1001)}))
+    assert all(h.job.content_id in sender.contents.by_id for h in sender.waiting)
+    assert len(sender.contents) == 1001
+    # Jobs leave (sent, failed, stopped, handed back): their contents go with the last of them.
+    for held in sender.waiting.drain():
+        if held.job.content_id:
+            sender._leave(held)
+    assert set(sender.contents.by_id) == {0}
+    await db.close()

@@ -10,6 +10,7 @@ from sesd.errors import StorageFullError
 from sesd.store import (
     CREATED,
     FAILED,
+    MIGRATIONS,
     PROCESSING,
     SENT,
     STOPPED,
@@ -39,7 +40,7 @@ def status_of(store: Store, request_id: int) -> int:
 def test_schema_is_versioned_and_reopenable(tmp_path: Path) -> None:
     Store(tmp_path / "a.db").close()
     again = Store(tmp_path / "a.db")
-    assert again.db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert again.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert again.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert again.db.execute("PRAGMA cache_size").fetchone()[0] == -65536
@@ -83,7 +84,7 @@ def test_outcomes_and_release(store: Store) -> None:
                            Outcome(ids[2], CREATED, None, None, 0, at)])
     assert [status_of(store, i) for i in ids] == [SENT, FAILED, CREATED, PROCESSING]
     assert store.request_row(ids[1])["error"] == "MessageRejected: no"
-    assert store.release_processing() == 1
+    assert store.release_processing().released == 1
     assert status_of(store, ids[3]) == CREATED
 
 

@@ -32,6 +32,10 @@ def _noop() -> None:
     return None
 
 
+def _none() -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class ApiHooks:
     """How the API reaches the other processes (no-ops when the app runs alone, as in tests)."""
@@ -40,6 +44,7 @@ class ApiHooks:
     stopped: Callable[[], None] = _noop  # requests stopped: the sender re-checks what it holds
     # role -> {"pid", "alive", "restarts"}; None reports only this process, as "api".
     health: Callable[[], dict[str, dict[str, Any]]] | None = None
+    held: Callable[[], str | None] = _none  # why sending is held, if it is
 
 
 class Database:

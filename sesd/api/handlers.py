@@ -116,6 +116,20 @@ async def delete_topic(request: web.Request) -> web.Response:
     return json_response({"count": count})
 
 
+async def topic_requests(request: web.Request) -> web.Response:
+    """One page of a topic's requests, in id order: what failed (with SES's text), what waits."""
+    require_key(request)
+    try:
+        statuses, after, limit = schemas.parse_requests_query(request.query)
+    except schemas.ValidationError as exc:
+        raise ApiError(400, str(exc)) from None
+    db = request.app[DB]
+    rows = await db.run(db.store.topic_requests, request.match_info["topicId"], statuses,
+                        after=after, limit=limit)
+    return json_response({"requests": rows,
+                          "next": str(rows[-1]["id"]) if len(rows) == limit else None})
+
+
 async def counts_sent(request: web.Request) -> web.Response:
     require_key(request)
     try:
@@ -311,10 +325,16 @@ async def health(request: web.Request) -> web.Response:
     hooks = request.app[HOOKS]
     processes = hooks.health() if hooks.health else {
         "api": {"pid": os.getpid(), "alive": True, "restarts": 0}}
-    ok = all(p["alive"] for p in processes.values())
-    return json_response({"status": "ok" if ok else "degraded",
-                          "transport": request.app[SETTINGS].email_transport,
-                          "processes": processes}, 200 if ok else 503)
+    alive = all(p["alive"] for p in processes.values())
+    held = hooks.held()
+    body: dict[str, Any] = {"status": "ok" if alive and not held else "degraded",
+                            "transport": request.app[SETTINGS].email_transport,
+                            "processes": processes}
+    if held:
+        body["sending"] = {"state": "held", "reason": held}
+    # Intake still works while sending is held: 200, so a load balancer keeps the API in; a dead
+    # process is a 503.
+    return json_response(body, 200 if alive else 503)
 
 
 @functools.cache
@@ -330,6 +350,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages", post_messages)
     app.router.add_get("/v1/topics/{topicId}", get_topic)
     app.router.add_delete("/v1/topics/{topicId}", delete_topic)
+    app.router.add_get("/v1/topics/{topicId}/requests", topic_requests)
     app.router.add_get("/v1/events/counts/sent", counts_sent)
     app.router.add_get("/v1/events/open", open_pixel)
     app.router.add_post("/v1/events/results", sns_results)

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..child import EX_CONFIG
 from ..config import Settings
-from ..messages import ROLES
+from ..health import HealthTable
 from .app import ApiHooks, create_app
 
 log = structlog.get_logger()
@@ -27,7 +27,7 @@ class ApiChannels:
     # blocking and without a lock: a multiprocessing.Queue would leave its lock held if this
     # process were killed mid-put, and wedge the scheduler; a pipe write cannot.
     nudges: Connection
-    health: Any  # RawArray('q') of (pid, alive, restarts) per role, kept by the supervisor
+    health: HealthTable  # per-role pid/alive/restarts and the sender's held state
     stop_epoch: Any  # RawValue('q') the sender watches
 
 
@@ -46,12 +46,8 @@ def hooks_for(channels: ApiChannels) -> ApiHooks:
     def stopped() -> None:
         channels.stop_epoch.value += 1
 
-    def health() -> dict[str, dict[str, Any]]:
-        h = channels.health
-        return {role: {"pid": int(h[3 * i]), "alive": bool(h[3 * i + 1]),
-                       "restarts": int(h[3 * i + 2])} for i, role in enumerate(ROLES)}
-
-    return ApiHooks(nudge=nudge, stopped=stopped, health=health)
+    return ApiHooks(nudge=nudge, stopped=stopped, health=channels.health.processes,
+                    held=channels.health.held)
 
 
 def main(settings: Settings, channels: ApiChannels) -> int:

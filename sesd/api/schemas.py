@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
-from ..store import NewMessage
+from ..store import STATUS_NAMES, NewMessage
 
 MAX_TOPIC_LENGTH = 256
 MAX_SUBJECT_LENGTH = 998  # RFC 5322 line limit: the subject becomes a header
@@ -171,3 +171,30 @@ def parse_hours(raw: str | None) -> int:
     if not _HOURS.fullmatch(raw) or not 1 <= int(raw) <= 168:
         raise ValidationError("hours must be a whole number from 1 to 168")
     return int(raw)
+
+
+MAX_PAGE = 1000
+_CURSOR = re.compile(r"[0-9]{1,19}")
+_LIMIT = re.compile(r"[0-9]{1,4}")
+
+
+def parse_requests_query(query: Any) -> tuple[list[int], int, int]:
+    """`?status=failed[,stopped…]&cursor=<id>&limit=<1..1000>` of the requests route:
+    (status codes, the id to continue after, page size)."""
+    raw_status = query.get("status")
+    if raw_status is None or raw_status == "":
+        statuses = list(range(len(STATUS_NAMES)))
+    else:
+        statuses = []
+        for name in raw_status.split(","):
+            if name not in STATUS_NAMES:
+                raise ValidationError(f"status must be one or more of {', '.join(STATUS_NAMES)} "
+                                      f"(comma-separated), got {quote(name, 40)}")
+            statuses.append(STATUS_NAMES.index(name))
+    cursor = query.get("cursor") or "0"
+    if not _CURSOR.fullmatch(cursor) or int(cursor) >= 2**63:
+        raise ValidationError("cursor must be the `next` value of the previous page")
+    limit_raw = query.get("limit", "100")
+    if not _LIMIT.fullmatch(limit_raw) or not 1 <= int(limit_raw) <= MAX_PAGE:
+        raise ValidationError(f"limit must be a whole number from 1 to {MAX_PAGE}")
+    return sorted(set(statuses)), int(cursor), int(limit_raw)

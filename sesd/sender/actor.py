@@ -1,58 +1,53 @@
-"""The sender process: the single token bucket, the semaphore, retries, and outcome write-back.
+"""The sender's actor: wires the bucket, the semaphore, the policies and the ledger together.
 
 One `Sender` owns all concurrency in the process (arq-style): jobs arrive in batches from the
-scheduler, wait in `pending` (or in `retries` after a retryable failure), pass the semaphore and
-then the bucket, go out through the transport, and their outcomes are written back in batches.
+scheduler and wait (`waiting.py`), pass the semaphore and then the token bucket, are marked as
+started in the store (so a topic stop never counts a request about to reach SES), go out through
+the transport, and their outcomes are written back in batches (`ledger.py`). What each SES answer
+means for a job is decided by the pure policies of `policy.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import random
+import os
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
-from .. import tracking
+from .. import telemetry, tracking
 from ..config import Settings
-from ..errors import PermanentSendError, SendError, SendingPausedError, ThrottledError
-from ..messages import Batch, Credit, Job, Stop
-from ..store import CREATED, FAILED, SENT, Outcome, Store, now_ms
+from ..database import Database
+from ..errors import (
+    BulkUnsupportedError,
+    IdentityNotVerifiedError,
+    PermanentSendError,
+    SendError,
+    SendingPausedError,
+    ThrottledError,
+)
+from ..messages import Batch, Content, Credit, Job
+from ..store import CREATED, FAILED, PROCESSING, SENT, Outcome, now_ms
 from ..transports import MAX_BULK_ENTRIES, PIXEL_PLACEHOLDER, BulkEntry, Email, Transport, bulk_safe
 from .bucket import SlidingWindowBucket
+from .ledger import FLUSH_ROWS, Ledger
+from .policy import Backoff, Breaker, Holds
+from .waiting import BULK, Held, Waiting
 
-T = TypeVar("T")
 log = structlog.get_logger()
 
-FLUSH_INTERVAL = 0.025  # seconds between outcome write-backs (what a crash can forget)
-FLUSH_ROWS = 2_000  # or sooner, when this many outcomes wait
 CREDIT_INTERVAL = 0.05
-CONTENT_CACHE = 256  # distinct contents kept before unused ones are dropped
 METRICS_INTERVAL = 5.0
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 30.0
-# After this many consecutive retryable failures SES looks down: stop calling it and probe with
-# one call at a time instead of burning every job's attempts in a retry storm.
-CIRCUIT_THRESHOLD = 5
-PAUSED_PROBE = 60.0  # sending paused by AWS: how often to try one message again
-
-
-@dataclass(order=True)
-class _Retry:
-    due: float
-    seq: int
-    job: Job = field(compare=False)
-    attempts: int = field(compare=False)
+STOP_POLL = 0.2  # how often held jobs are checked against topic stops while idle
+MAX_ERROR = 2000  # characters of SES's text kept per request
 
 
 @dataclass
@@ -68,25 +63,47 @@ class Counters:
         return dict(self.__dict__)
 
 
-class Database:
-    """The process's apsw connection, used from one worker thread so the loop never blocks."""
+@dataclass(slots=True)
+class Call:
+    """One SES call about to be made: one job (SendEmail) or several sharing content (bulk)."""
 
-    def __init__(self, store_factory: Callable[[], Store]) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sesd-db")
-        self.store: Store = self._pool.submit(store_factory).result()
+    content_id: int
+    jobs: list[Held]
+    identity: str  # the From address: what an unverified-identity hold is about
+    probe: bool = False  # lets a held identity or account try one message
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def close(self) -> None:
-        self._pool.submit(self.store.close).result()
-        self._pool.shutdown()
+class Contents:
+    """The contents the held jobs need, counted by job: a content leaves with its last job, never
+    before (a cache that forgot by size dropped contents a new batch still needed)."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, Content] = {}
+        self.templates: dict[int, str | None] = {}  # bulk template, None where bulk is unsafe
+        self._refs: Counter[int] = Counter()
+
+    def add(self, contents: dict[int, Content]) -> None:
+        self.by_id.update(contents)
+
+    def hold(self, content_id: int) -> None:
+        self._refs[content_id] += 1
+
+    def release(self, content_id: int) -> None:
+        self._refs[content_id] -= 1
+        if self._refs[content_id] <= 0:
+            del self._refs[content_id]
+            self.by_id.pop(content_id, None)
+            self.templates.pop(content_id, None)
+
+    def __len__(self) -> int:
+        return len(self.by_id)
 
 
 class Sender:
     def __init__(self, settings: Settings, db: Database, transport: Transport,
                  *, work: Queue[Any] | None, credits: Connection | None,
                  stop_epoch: Any = None, tracking_key: str,
+                 report_held: Callable[[str | None], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.db = db
@@ -95,28 +112,25 @@ class Sender:
         self.credits = credits
         self.stop_epoch = stop_epoch
         self.tracking_key = tracking_key
+        self.report_held = report_held
         self.clock = clock
         self.bucket = SlidingWindowBucket(settings.email_rate, pacing=True, clock=clock)
         self.semaphore = asyncio.Semaphore(settings.max_concurrent)
-        self.pending: deque[tuple[Job, int]] = deque()  # (job, attempts so far)
-        self.retries: list[_Retry] = []
-        self.contents: dict[int, tuple[str, str]] = {}
-        self.templates: dict[int, str | None] = {}  # content id -> bulk template, None if unsafe
-        self._calls_per_content: Counter[int] = Counter()  # content ids of calls in flight
+        self.backoff = Backoff(settings.max_attempts)
+        self.breaker = Breaker(clock)
+        self.holds = Holds(clock)
+        self.ledger = Ledger(db)
+        self.waiting = Waiting()
+        self.contents = Contents()
         self.inflight: set[asyncio.Task[None]] = set()
-        self.outcomes: list[Outcome] = []
         self.counters = Counters()
+        self.bulk_supported = True  # False once SES said it has no SendBulkEmail
         self.accepting = True  # False once draining: no new SES calls start
-        self.input_closed = False  # the scheduler's queue delivered Stop or closed
-        self.paused_until = 0.0
-        self.failure_streak = 0
-        self.circuit_until = 0.0  # SES looks down: no calls before this (clock time)
-        self.circuit_delay = 0.0
+        self.input_closed = False  # the scheduler's queue closed
         self._credit_owed = 0
+        self._reported: str | None = None
         self._seen_epoch = stop_epoch.value if stop_epoch is not None else 0
-        self._seq = 0
         self._wakeup = asyncio.Event()
-        self._flushed = asyncio.Event()
         self._stop_requested = asyncio.Event()
 
     def assume_recent_sends(self, last_sent_ms: int | None) -> bool:
@@ -134,29 +148,33 @@ class Sender:
 
     # -- intake -------------------------------------------------------------------------------
 
-    def receive(self, item: Batch | Stop | None) -> None:
-        """Called on the loop for each message from the scheduler."""
+    def receive(self, item: Batch | None) -> None:
+        """Called on the loop for each message from the scheduler (None: the queue closed)."""
         if isinstance(item, Batch):
-            self.contents.update(item.contents)
-            if len(self.contents) > CONTENT_CACHE:
-                self._forget_unused_contents()
-            if self.accepting:
-                self.pending.extend((job, 0) for job in item.jobs)
-            else:
-                self._finish_many([(j, 0) for j in item.jobs], CREATED)
+            # Jobs are registered before anything is forgotten: a batch's own contents stay.
+            self.contents.add(item.contents)
+            for job in item.jobs:
+                self.contents.hold(job.content_id)
+            fault = self.settings.fault_crash_email
+            if fault and any(job.email == fault for job in item.jobs):
+                # Test hook (SESD_FAULT_CRASH_EMAIL): die as a crashing sender would.
+                log.error("fault injection: sender crashing on purpose", email=fault)
+                os._exit(1)
+            for job in item.jobs:
+                held = Held(job, 0, self._priority(job))
+                if not self.accepting:
+                    self._finish(held, CREATED)
+                elif job.content_id not in self.contents.by_id:
+                    self._internal_failure(held, KeyError(f"content {job.content_id} missing"))
+                else:
+                    self.waiting.add(held)
         else:
             self.input_closed = True
             self._stop_requested.set()
         self._wakeup.set()
 
-    def _forget_unused_contents(self) -> None:
-        """Contents arrive with every batch; keep only those a held job or a call still needs,
-        or a long run with many messages would grow the sender without bound."""
-        used = {job.content_id for job, _ in self.pending}
-        used.update(r.job.content_id for r in self.retries)
-        used.update(self._calls_per_content)
-        self.contents = {cid: c for cid, c in self.contents.items() if cid in used}
-        self.templates = {cid: t for cid, t in self.templates.items() if cid in used}
+    def _priority(self, job: Job) -> int:
+        return BULK
 
     def start_reader(self, loop: asyncio.AbstractEventLoop) -> None:
         """Blocking Queue.get in a thread, handing whole batches to the loop."""
@@ -169,6 +187,11 @@ class Sender:
                     item = work.get()
                 except (EOFError, OSError):
                     item = None
+                except Exception as exc:
+                    # A batch that cannot even be unpickled: its jobs are unknown here, so only
+                    # the supervisor's crash accounting can isolate them. Die as a crash does.
+                    log.exception("unreadable batch from the scheduler; exiting", error=str(exc))
+                    os._exit(1)
                 try:
                     loop.call_soon_threadsafe(self.receive, item)
                 except RuntimeError:  # loop closed: we are exiting
@@ -185,7 +208,7 @@ class Sender:
     # -- the dispatch loop --------------------------------------------------------------------
 
     async def run(self) -> None:
-        background = [asyncio.create_task(self._flush_loop()),
+        background = [asyncio.create_task(self.ledger.flush_loop()),
                       asyncio.create_task(self._credit_loop()),
                       asyncio.create_task(self._metrics_loop())]
         started = self.clock()
@@ -196,7 +219,7 @@ class Sender:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._flush()
+            await self.ledger.flush()
             self._send_credit()
             elapsed = max(self.clock() - started, 1e-9)
             log.info("sender stopped", **self.counters.snapshot(),
@@ -214,77 +237,106 @@ class Sender:
             # call that waited for room for a fixed 50 would waste the tokens freed meanwhile.
             while (delay := self.bucket.delay(1)) > 0 and not self._stop_requested.is_set():
                 await asyncio.sleep(delay)
-            group = None if self._stop_requested.is_set() else self._next_group()
-            if group is None:
+            call = None if self._stop_requested.is_set() else self._next_call()
+            if call is None:
                 self.semaphore.release()
                 continue
-            group = self._fit_to_bucket(group)
-            await self._take_tokens(len(group[1]))
-            self._calls_per_content[group[0]] += 1
-            task = asyncio.create_task(self._send(*group))
+            self._fit_to_bucket(call)
+            await self._take_tokens(len(call.jobs))
+            task = asyncio.create_task(self._send(call))
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
 
     def _ready(self) -> bool:
-        """Whether `_next_group` would return a call to make now."""
+        """Whether `_next_call` may have a call to make now."""
         now = self.clock()
-        if now < self.paused_until or now < self.circuit_until:
-            return False
-        if self.failure_streak >= CIRCUIT_THRESHOLD and self.inflight:
+        has_work = self.waiting.has_ready() or self.waiting.retries_due(now)
+        if self.holds.account_held:
+            return has_work and self.holds.may_probe("")
+        if self.breaker.wait() > 0 or (self.breaker.probing and self.inflight):
             return False  # SES looks down: one probe at a time
-        if self.retries and self.retries[0].due <= now:
-            return True
-        return bool(self.pending)
+        return has_work or any(self.holds.may_probe(i)
+                               for i in self.waiting.parked_identities())
 
     async def _wait_for_work(self) -> None:
-        timeout: float | None = None
         now = self.clock()
-        if self.retries:
-            timeout = max(0.0, self.retries[0].due - now)
-        held_until = max(self.paused_until, self.circuit_until)
-        if held_until > now:
-            timeout = max(timeout or 0.0, held_until - now)
+        times = [t - now for t in (self.waiting.next_retry(),) if t is not None]
+        if (probe := self.holds.next_probe()) is not None:
+            times.append(probe)
+        if (circuit := self.breaker.wait()) > 0:
+            times.append(circuit)
         if self.stop_epoch is not None:
-            timeout = min(timeout, 0.2) if timeout is not None else 0.2
+            times.append(STOP_POLL)
+        timeout = max(0.0, min(times)) if times else None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
 
-    def _next_group(self) -> tuple[int, list[tuple[Job, int]]] | None:
-        """The next call to make: (content id, jobs). Several jobs only for a bulk call."""
+    def _next_call(self) -> Call | None:
+        """The next call to make, or None. Jobs of a held identity are parked on the way."""
         if not self._ready():
             return None
-        if self.retries and self.retries[0].due <= self.clock():
-            r = heapq.heappop(self.retries)
-            return r.job.content_id, [(r.job, r.attempts)]
-        # (When SES looks down, _ready lets one probe at a time through.)
-        job, attempts = self.pending.popleft()
-        group = [(job, attempts)]
-        if self._template(job.content_id) is not None and self.failure_streak == 0:
-            limit = min(MAX_BULK_ENTRIES, max(1, self.bucket.available()))
-            while (self.pending and len(group) < limit
-                   and self.pending[0][0].content_id == job.content_id):
-                group.append(self.pending.popleft())
-        return job.content_id, group
+        if self.holds.account_held:
+            held = self.waiting.pop(self.clock())
+            if held is None:
+                return None
+            return self._probe_call(held, "")
+        for identity in self.waiting.parked_identities():
+            if self.holds.may_probe(identity):
+                held = self.waiting.pop_parked(identity)
+                if held is not None:
+                    return self._probe_call(held, identity)
+        while (held := self.waiting.pop(self.clock())) is not None:
+            try:
+                content = self.contents.by_id[held.job.content_id]
+                identity = self._identity(content)
+                if self.holds.held(identity):
+                    self.waiting.park(identity, held)
+                    continue
+                return self._group(held, identity)
+            except Exception as exc:  # a bug about this one job: fail it, keep the others going
+                self._internal_failure(held, exc)
+        return None
+
+    def _probe_call(self, held: Held, identity: str) -> Call:
+        self.holds.start_probe(identity)
+        return Call(held.job.content_id, [held], identity or self._default_identity(), probe=True)
+
+    def _identity(self, content: Content) -> str:
+        return self._default_identity()
+
+    def _default_identity(self) -> str:
+        return self.settings.email_sender or "outbox"
+
+    def _group(self, held: Held, identity: str) -> Call:
+        """A bulk call of the jobs that follow and share this one's content, when bulk is usable
+        (SES has it, SES is not being probed, the content survives SES's template rendering)."""
+        call = Call(held.job.content_id, [held], identity)
+        # After any transient failure a call risks one job until SES answers well again.
+        if (self.bulk_supported and self.breaker.streak == 0
+                and self._template(held.job.content_id) is not None):
+            limit = min(MAX_BULK_ENTRIES, max(1, self.bucket.available())) - 1
+            content_id = held.job.content_id
+            call.jobs += self.waiting.take_following(
+                held.priority, lambda h: h.job.content_id == content_id, limit)
+        return call
 
     def _template(self, content_id: int) -> str | None:
         """The SendBulkEmail template for this content, or None when bulk must not be used."""
-        if content_id not in self.templates:
-            subject, html = self.contents[content_id]
-            template = tracking.append_pixel(html, PIXEL_PLACEHOLDER)
-            usable = self.settings.bulk and bulk_safe(subject, template)
-            self.templates[content_id] = template if usable else None
-        return self.templates[content_id]
+        templates = self.contents.templates
+        if content_id not in templates:
+            content = self.contents.by_id[content_id]
+            template = tracking.append_pixel(content.html, PIXEL_PLACEHOLDER)
+            usable = self.settings.bulk and bulk_safe(content.subject, template)
+            templates[content_id] = template if usable else None
+        return templates[content_id]
 
-    def _fit_to_bucket(self, group: tuple[int, list[tuple[Job, int]]]
-                       ) -> tuple[int, list[tuple[Job, int]]]:
+    def _fit_to_bucket(self, call: Call) -> None:
         """A throttle may have shrunk the bucket while we waited for a slot: put back what no
         longer fits in one call."""
-        content_id, jobs = group
         capacity = self.bucket.capacity
-        if len(jobs) <= capacity:
-            return group
-        self.pending.extendleft(reversed(jobs[capacity:]))
-        return content_id, jobs[:capacity]
+        if len(call.jobs) > capacity:
+            self.waiting.add_front(call.jobs[capacity:])
+            del call.jobs[capacity:]
 
     async def _take_tokens(self, n: int) -> None:
         while (delay := self.bucket.hold(n)) > 0:
@@ -292,166 +344,238 @@ class Sender:
 
     # -- one call -----------------------------------------------------------------------------
 
-    async def _send(self, content_id: int, group: list[tuple[Job, int]]) -> None:
+    async def _send(self, call: Call) -> None:
+        taken = len(call.jobs)
+        started = False
         try:
+            if not await self._start(call):
+                return
+            started = True
             self.counters.calls += 1
-            if len(group) == 1:
-                await self._send_one(content_id, *group[0])
+            for held in call.jobs:
+                held.attempts += 1
+            if len(call.jobs) == 1:
+                await self._send_one(call)
             else:
-                await self._send_bulk(content_id, group)
+                await self._send_bulk(call)
         except asyncio.CancelledError:
             # Cut off at the end of the grace period: SES may or may not have it. Hand it back;
             # a duplicate is possible only for exactly these in-flight calls (SPEC allows it).
-            self._finish_many(group, CREATED)
+            for held in call.jobs:
+                self._finish(held, CREATED)
             raise
         except Exception as exc:  # a bug, not an SES answer: never lose the jobs over it
             log.exception("send failed unexpectedly", error=str(exc))
-            for job, attempts in group:
-                self._retry(job, attempts + 1, SendError(f"internal error: {exc}"))
+            telemetry.capture(exc)
+            for held in call.jobs:
+                self._retry(held, call, SendError(f"internal error: {exc}"))
         finally:
-            self._calls_per_content[content_id] -= 1
-            if not self._calls_per_content[content_id]:
-                del self._calls_per_content[content_id]
-            self.bucket.settle(len(group))
+            if call.probe and self.holds.blocked(call.identity) is not None:
+                self.holds.end_probe(call.identity)
+            if started:
+                self.bucket.settle(taken)
+            else:
+                self.bucket.release(taken)
             self.semaphore.release()
+            self._report()
             self._wakeup.set()
 
-    async def _send_one(self, content_id: int, job: Job, attempts: int) -> None:
-        subject, html = self.contents[content_id]
+    async def _start(self, call: Call) -> bool:
+        """Commit the call's requests as started; drop the ones stopped since they were claimed.
+        False when nothing is left to send (the tokens are given back)."""
+        try:
+            allowed = await self.ledger.start([h.job.request_id for h in call.jobs])
+        except Exception as exc:
+            # The store could not say (busy, full): send nothing, try these again shortly.
+            log.warning("could not mark a call as started; will try again", error=str(exc))
+            for held in call.jobs:
+                self.waiting.retry(held, self.clock() + 1.0)
+            return False
+        stopped = [h for h in call.jobs if h.job.request_id not in allowed]
+        if stopped:
+            call.jobs = [h for h in call.jobs if h.job.request_id in allowed]
+            self.counters.stopped += len(stopped)
+            for held in stopped:
+                self._leave(held)
+            self.bucket.release(len(stopped))
+        return bool(call.jobs)
+
+    async def _send_one(self, call: Call) -> None:
+        held = call.jobs[0]
+        job = held.job
+        content = self.contents.by_id[job.content_id]
         url = tracking.pixel_url(self.settings.server_host, self.tracking_key, job.request_id)
-        email = Email(job.request_id, job.email, subject, tracking.append_pixel(html, url))
+        email = Email(job.request_id, job.email, content.subject,
+                      tracking.append_pixel(content.html, url))
         try:
             message_id = await self.transport.send(email)
         except SendError as exc:
-            self._failed(job, attempts + 1, exc)
+            self._failed(held, call, exc)
         else:
-            self._succeeded(job, attempts + 1, message_id)
+            self._succeeded(held, call, message_id)
 
-    async def _send_bulk(self, content_id: int, group: list[tuple[Job, int]]) -> None:
-        subject, _ = self.contents[content_id]
-        template = self.templates[content_id]
+    async def _send_bulk(self, call: Call) -> None:
+        content = self.contents.by_id[call.content_id]
+        template = self.contents.templates[call.content_id]
         assert template is not None
-        entries = [BulkEntry(job.request_id, job.email,
+        entries = [BulkEntry(h.job.request_id, h.job.email,
                              tracking.pixel_url(self.settings.server_host, self.tracking_key,
-                                                job.request_id)) for job, _ in group]
+                                                h.job.request_id)) for h in call.jobs]
         try:
-            results = await self.transport.send_bulk(subject, template, entries)
-        except SendError as exc:
-            for job, attempts in group:
-                self._failed(job, attempts + 1, exc)
+            results = await self.transport.send_bulk(content.subject, template, entries)
+        except BulkUnsupportedError as exc:
+            self._bulk_unsupported(call, exc)
             return
-        for (job, attempts), result in zip(group, results, strict=True):
+        except SendError as exc:
+            for held in call.jobs:
+                self._failed(held, call, exc)
+            return
+        for held, result in zip(call.jobs, results, strict=True):
             if result.error is None and result.message_id:
-                self._succeeded(job, attempts + 1, result.message_id)
+                self._succeeded(held, call, result.message_id)
             else:
-                self._failed(job, attempts + 1,
-                             result.error or SendError("SES returned no message id"))
+                self._failed(held, call, result.error or SendError("SES returned no message id"))
 
-    # -- outcomes -----------------------------------------------------------------------------
+    # -- what an answer means -----------------------------------------------------------------
 
-    def _succeeded(self, job: Job, attempts: int, message_id: str) -> None:
-        if self.circuit_delay:
+    def _succeeded(self, held: Held, call: Call, message_id: str) -> None:
+        if self.breaker.success():
             log.info("SES reachable again; resuming")
-            self.circuit_delay = 0.0
-        self.failure_streak = 0
+        for lifted in self.holds.release(call.identity):
+            log.info("hold lifted: sending again", identity=lifted or "account",
+                     resumed=self.waiting.unpark(lifted) if lifted else 0)
         self.bucket.recover()
         self.counters.sent += 1
-        self._record(Outcome(job.request_id, SENT, message_id, None, attempts, now_ms()))
+        self._finish(held, SENT, message_id=message_id)
 
-    def _failed(self, job: Job, attempts: int, exc: SendError) -> None:
+    def _failed(self, held: Held, call: Call, exc: SendError) -> None:
         if isinstance(exc, PermanentSendError):
-            self.failure_streak = 0
-            self.counters.failed += 1
-            self._record(Outcome(job.request_id, FAILED, None, str(exc)[:2000], attempts,
-                                 now_ms()))
+            self._fail(held, exc)
             return
         if isinstance(exc, SendingPausedError):
-            # Not this message's fault: hold everything, retry later, burn no attempt.
-            if self.paused_until <= self.clock():
-                log.error("SES sending is paused for this account; holding all mail",
-                          error=str(exc), retry_in=PAUSED_PROBE)
-            self.paused_until = self.clock() + PAUSED_PROBE
-            self._schedule_retry(job, attempts - 1, PAUSED_PROBE)
+            # Not this message's fault: hold everything, burn no attempt, probe later.
+            held.attempts -= 1
+            if self.holds.hold("", str(exc)):
+                log.error("SES sending is paused for this account (or its credentials are refused); "
+                          "holding all mail",
+                          error=str(exc)[:300], probe_every=self.holds.account_probe)
+            self._requeue(held, exc)
+            self.waiting.add(held, front=True)
+            return
+        if isinstance(exc, IdentityNotVerifiedError):
+            held.attempts -= 1
+            if self.holds.hold(exc.identity, str(exc)):
+                log.error("the From identity is not verified in SES; holding its mail",
+                          identity=exc.identity, error=str(exc)[:300],
+                          probe_every=self.holds.identity_probe)
+            self._requeue(held, exc)
+            self.waiting.park(exc.identity, held)
             return
         if isinstance(exc, ThrottledError):
             self.counters.throttled += 1
             self.bucket.throttled()
-        else:
-            self.failure_streak += 1
-            if self.failure_streak >= CIRCUIT_THRESHOLD:
-                self._open_circuit(exc)
-        self._retry(job, attempts, exc)
+        elif (opened := self.breaker.failure(str(exc)[:300])) is not None:
+            log.warning("SES unreachable; pausing sending", retry_in=opened,
+                        consecutive_failures=self.breaker.streak, error=str(exc)[:300])
+        self._retry(held, call, exc)
 
-    def _open_circuit(self, exc: Exception) -> None:
-        """Consecutive transient failures: SES (or the way to it) is down. Stop calling it for a
-        growing interval, then let one probe through; a success closes the circuit."""
-        now = self.clock()
-        if now < self.circuit_until:
-            return  # already open: the other failures were in flight when it opened
-        self.circuit_delay = min(BACKOFF_CAP, max(1.0, self.circuit_delay * 2))
-        self.circuit_until = now + self.circuit_delay
-        log.warning("SES unreachable; pausing sending", retry_in=self.circuit_delay,
-                    consecutive_failures=self.failure_streak, error=str(exc)[:300])
+    def _bulk_unsupported(self, call: Call, exc: BulkUnsupportedError) -> None:
+        """The endpoint has no SendBulkEmail: not the recipients' fault. Switch this process to
+        SendEmail for good and send the jobs again, burning no attempts."""
+        if self.bulk_supported:
+            log.warning("SES endpoint does not implement SendBulkEmail; sending one message per "
+                        "call from now on", error=str(exc)[:300])
+            self.bulk_supported = False
+        for held in call.jobs:
+            held.attempts -= 1
+            self._requeue(held, exc)
+        self.waiting.add_front(call.jobs)
 
-    def _retry(self, job: Job, attempts: int, exc: Exception) -> None:
-        if attempts >= self.settings.max_attempts:
-            self.counters.failed += 1
-            log.warning("giving up", request_id=job.request_id, attempts=attempts, error=str(exc))
-            self._record(Outcome(job.request_id, FAILED, None,
-                                 f"gave up after {attempts} attempts: {exc}"[:2000], attempts,
-                                 now_ms()))
+    def _retry(self, held: Held, call: Call, exc: Exception) -> None:
+        delay = self.backoff.delay(held.attempts)
+        if delay is None:
+            self._fail(held, exc, prefix=f"gave up after {held.attempts} attempts: ")
             return
         self.counters.retried += 1
-        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempts - 1))
-        delay *= random.uniform(0.5, 1.0)  # jitter: failed calls must not come back together
-        log.info("retrying", request_id=job.request_id, attempt=attempts, backoff=round(delay, 2),
-                 error=str(exc)[:300])
-        self._schedule_retry(job, attempts, delay)
+        log.info("retrying", request_id=held.job.request_id, attempt=held.attempts,
+                 backoff=round(delay, 2), error=str(exc)[:300])
+        self._requeue(held, exc)
+        self.waiting.retry(held, self.clock() + delay)
 
-    def _schedule_retry(self, job: Job, attempts: int, delay: float) -> None:
-        self._seq += 1
-        heapq.heappush(self.retries, _Retry(self.clock() + delay, self._seq, job, attempts))
+    def _fail(self, held: Held, exc: Exception, prefix: str = "") -> None:
+        """A final failure: stored with SES's text and logged once, with what finds it again."""
+        self.counters.failed += 1
+        error = f"{prefix}{exc}"[:MAX_ERROR]
+        content = self.contents.by_id.get(held.job.content_id)
+        log.warning("request failed", request_id=held.job.request_id,
+                    topic=content.topic_id if content else None,
+                    code=getattr(exc, "code", "") or type(exc).__name__,
+                    error=error[:500], attempts=held.attempts)
+        self._finish(held, FAILED, error=error)
 
-    def _record(self, outcome: Outcome) -> None:
-        self.outcomes.append(outcome)
+    def _internal_failure(self, held: Held, exc: Exception) -> None:
+        """A bug while preparing this job (not an SES answer): fail it alone, loudly, instead of
+        letting it take the sender (and, restarted, the sender again) down."""
+        log.exception("cannot prepare job; failing it", request_id=held.job.request_id,
+                      error=str(exc))
+        telemetry.capture(exc)
+        self._fail(held, SendError(f"internal error preparing the message: {exc!r}",
+                                   code="InternalError"))
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _requeue(self, held: Held, exc: Exception) -> None:
+        """The job's call is over but the job stays: clear its started mark in the store (a topic
+        stop may take it now) and keep the error and attempts for the requests route."""
+        self.ledger.record(Outcome(held.job.request_id, PROCESSING, None, str(exc)[:MAX_ERROR],
+                                   held.attempts, now_ms()))
+
+    def _finish(self, held: Held, status: int, *, message_id: str | None = None,
+                error: str | None = None) -> None:
+        """The job leaves the sender's hands with this outcome."""
+        self.ledger.record(Outcome(held.job.request_id, status, message_id, error, held.attempts,
+                                   now_ms()))
+        self._leave(held)
+
+    def _leave(self, held: Held) -> None:
         self._credit_owed += 1
+        self.contents.release(held.job.content_id)
 
-    def _finish_many(self, group: list[tuple[Job, int]], status: int) -> None:
-        at = now_ms()
-        for job, attempts in group:
-            self._record(Outcome(job.request_id, status, None, None, attempts, at))
+    def _report(self) -> None:
+        """Publish why sending is held (for /health) when that changes."""
+        reason = self.holds.held_reason() or self.breaker.held_reason()
+        if reason != self._reported:
+            self._reported = reason
+            if self.report_held is not None:
+                self.report_held(reason)
 
     async def _check_stopped_topics(self) -> None:
         """When the API stopped a topic, drop the jobs of it we hold (they are status 4)."""
         if self.stop_epoch is None or self.stop_epoch.value == self._seen_epoch:
             return
         self._seen_epoch = self.stop_epoch.value
-        held = [job.request_id for job, _ in self.pending] + [r.job.request_id
-                                                               for r in self.retries]
-        if not held:
+        held_ids = [h.job.request_id for h in self.waiting]
+        if not held_ids:
             return
-        stopped = await self.db.run(self.db.store.stopped_among, held)
+        stopped = await self.db.run(self.db.store.stopped_among, held_ids)
         if not stopped:
             return
-        self.pending = deque(p for p in self.pending if p[0].request_id not in stopped)
-        self.retries = [r for r in self.retries if r.job.request_id not in stopped]
-        heapq.heapify(self.retries)
-        self.counters.stopped += len(stopped)
-        self._credit_owed += len(stopped)
-        log.info("dropped jobs of stopped topics", count=len(stopped))
+        removed = self.waiting.remove(stopped)
+        for held in removed:
+            self._leave(held)
+        self.counters.stopped += len(removed)
+        log.info("dropped jobs of stopped topics", count=len(removed))
 
-    # -- drain, flush, credit, metrics --------------------------------------------------------
+    # -- drain, credit, metrics ---------------------------------------------------------------
 
     async def _drain(self) -> None:
         """Stop starting calls, hand back what has not started, let in-flight calls finish
         within the grace period, then cancel the rest."""
         self.accepting = False
-        handed_back = list(self.pending) + [(r.job, r.attempts) for r in self.retries]
-        self.pending.clear()
-        self.retries.clear()
-        self._finish_many(handed_back, CREATED)
-        inflight = len(self.inflight)
-        log.info("draining", in_flight=inflight, handed_back=len(handed_back))
+        handed_back = self.waiting.drain()
+        for held in handed_back:
+            self._finish(held, CREATED)
+        log.info("draining", in_flight=len(self.inflight), handed_back=len(handed_back))
         if self.inflight:
             _, late = await asyncio.wait(set(self.inflight), timeout=self.settings.shutdown_grace)
             for task in late:
@@ -460,31 +584,13 @@ class Sender:
                 log.warning("grace period over; cancelled in-flight calls", count=len(late))
                 await asyncio.gather(*late, return_exceptions=True)
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            await self._flush()
-
-    async def _flush(self) -> None:
-        if not self.outcomes:
-            return
-        batch, self.outcomes = self.outcomes, []
-        try:
-            # Shielded: cancelling the flush loop at shutdown must not cancel a write that has
-            # taken its batch; the final flush queues behind it on the same DB thread.
-            await asyncio.shield(self.db.run(self.db.store.record_outcomes, batch))
-        except Exception as exc:
-            # Keep them and try again: an outcome is never dropped. Rows stay "processing",
-            # so even if we die now they are recovered and re-sent, not lost.
-            log.error("could not write outcomes; will retry", error=str(exc), rows=len(batch))
-            self.outcomes[:0] = batch
-
     async def _credit_loop(self) -> None:
         while True:
             await asyncio.sleep(CREDIT_INTERVAL)
-            if len(self.outcomes) >= FLUSH_ROWS:
-                await self._flush()
+            if self.ledger.backlog >= FLUSH_ROWS:
+                await self.ledger.flush()
             self._send_credit()
+            self._report()
 
     def _send_credit(self) -> None:
         if self._credit_owed and self.credits is not None:
@@ -499,9 +605,9 @@ class Sender:
         while True:
             await asyncio.sleep(METRICS_INTERVAL)
             sent = self.counters.sent
-            if sent != last or self.pending or self.retries or self.inflight:
+            if sent != last or len(self.waiting) or self.inflight:
                 log.info("metrics", **self.counters.snapshot(),
                          rate=round((sent - last) / METRICS_INTERVAL, 1),
-                         pending=len(self.pending), retrying=len(self.retries),
-                         in_flight=len(self.inflight), bucket_rate=self.bucket.effective_rate)
+                         waiting=len(self.waiting), in_flight=len(self.inflight),
+                         contents=len(self.contents), bucket_rate=self.bucket.effective_rate)
             last = sent

@@ -130,6 +130,12 @@ class SlidingWindowBucket:
         self._held = max(0, self._held - n)
         self._record(self._clock(), n)
 
+    def release(self, n: int = 1) -> None:
+        """Held recipients that never went to SES (stopped just before the call): free them
+        without logging them."""
+        if self.rate:
+            self._held = max(0, self._held - n)
+
     def available(self) -> int:
         """How many recipients fit right now: lets a caller size a bulk call to what is free,
         instead of waiting for room for a fixed size that may not divide the capacity."""

@@ -13,9 +13,11 @@ import structlog
 
 from .. import tracking
 from ..config import Settings
+from ..database import Database
+from ..health import HealthTable
 from ..store import Store
 from ..transports import create_transport
-from .actor import Database, Sender
+from .actor import Sender
 
 log = structlog.get_logger()
 
@@ -25,6 +27,7 @@ class SenderChannels:
     work: Queue[Any]  # Batch messages from the scheduler
     credits: Connection  # Credit messages back to it
     stop_epoch: Any  # shared counter the API bumps when a topic is stopped
+    health: HealthTable  # where the sender says whether sending is held, for /health
 
 
 def main(settings: Settings, channels: SenderChannels) -> int:
@@ -32,14 +35,16 @@ def main(settings: Settings, channels: SenderChannels) -> int:
 
 
 async def _run(settings: Settings, channels: SenderChannels) -> int:
-    db = Database(lambda: Store(settings.db_path,
-                                max_page_count=settings.sqlite_max_pages or None))
+    db = await Database.open(lambda: Store(settings.db_path,
+                                           max_page_count=settings.sqlite_max_pages or None),
+                             name="sesd-sender-db")
     key = settings.tracking_key or await db.run(db.store.get_or_create_setting, "tracking_key",
                                                 tracking.new_key)
     transport = create_transport(settings)
     await transport.start()
     sender = Sender(settings, db, transport, work=channels.work, credits=channels.credits,
-                    stop_epoch=channels.stop_epoch, tracking_key=key)
+                    stop_epoch=channels.stop_epoch, tracking_key=key,
+                    report_held=channels.health.set_held)
     last_sent = await db.run(db.store.last_sent_at)
     if sender.assume_recent_sends(last_sent):
         log.info("recent sends by a previous sender; waiting one window before sending",
@@ -68,7 +73,7 @@ async def _run(settings: Settings, channels: SenderChannels) -> int:
         await sender.run()
     finally:
         await transport.close()
-        db.close()
+        await db.close()
     return 0
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import html
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +30,8 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ..config import Settings
 from ..errors import (
+    BulkUnsupportedError,
+    IdentityNotVerifiedError,
     PermanentSendError,
     RetryableSendError,
     SendError,
@@ -73,12 +78,33 @@ ENTRY_STATUS_ERRORS: dict[str, type[SendError]] = {
 }
 
 
-def classify(exc: BaseException) -> SendError:
-    """Translate whatever a SES call raised into what it means for the sender."""
+# An endpoint without the operation answers a bare 404 (botocore then names the error by the
+# HTTP status) or an unknown-operation error; SES's own NotFoundException (a missing
+# configuration set or template) is something else: a real, permanent answer.
+_UNKNOWN_OPERATION_CODES = frozenset({"404", "UnknownOperationException", "UnknownOperation",
+                                      "InvalidAction"})
+_TAG = re.compile(r"<[^>]*>")
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_IDENTITY_TOKEN = re.compile(r"[^\s,;:<>()\[\]\"']+")
+MAX_MESSAGE = 500
+
+
+def classify(exc: BaseException, *, sender: str = "", bulk: bool = False) -> SendError:
+    """Translate whatever a SES call raised into what it means for the sender.
+
+    `sender` is the call's From address: SES refusing *it* (unverified identity) holds its mail
+    instead of failing the recipient. `bulk`: the call was SendBulkEmail, which an emulator may
+    not implement at all."""
     if isinstance(exc, SendError):
         return exc
     if isinstance(exc, ClientError):
-        return _classify_client_error(exc)
+        error = _classify_client_error(exc)
+        if bulk and error.code in _UNKNOWN_OPERATION_CODES:
+            return BulkUnsupportedError(str(error), code=error.code)
+        if isinstance(error, PermanentSendError) and _identity_refused(str(error), sender):
+            return IdentityNotVerifiedError(str(error), identity=_address(sender),
+                                            code=error.code)
+        return error
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return SendingPausedError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__)
     if isinstance(exc, HTTPClientError | BotoConnectionError | aiohttp.ClientError | OSError):
@@ -91,10 +117,38 @@ def classify(exc: BaseException) -> SendError:
     return RetryableSendError(f"{type(exc).__name__}: {exc}", code=type(exc).__name__)
 
 
+def clean_message(message: str) -> str:
+    """SES's message as one short line: an HTML error page (an emulator's, a proxy's) becomes
+    its title, so what is stored and logged is the reason, not a page of markup."""
+    text = message.strip()
+    if text.startswith("<"):
+        title = _TITLE.search(text)
+        text = html.unescape(title.group(1) if title else _TAG.sub(" ", text))
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "…"
+
+
+def _address(sender: str) -> str:
+    return email.utils.parseaddr(sender)[1] or sender
+
+
+def _identity_refused(message: str, sender: str) -> bool:
+    """Whether a rejection says the From identity (its address or its domain) is unverified.
+    SES lists the identities that failed the check; in the sandbox an unverified *recipient*
+    is listed too, and that one stays a failure of that recipient alone."""
+    lowered = message.lower()
+    address = _address(sender).lower()
+    if not address or "not verified" not in lowered:
+        return False
+    tail = lowered.rpartition("not verified")[2]
+    tokens = set(_IDENTITY_TOKEN.findall(tail.rpartition(":")[2] if ":" in tail else tail))
+    return address in tokens or address.rpartition("@")[2] in tokens
+
+
 def _classify_client_error(exc: ClientError) -> SendError:
     error = exc.response.get("Error") or {}
     code = str(error.get("Code") or "Unknown")
-    message = str(error.get("Message") or "")
+    message = clean_message(str(error.get("Message") or ""))
     status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
     text = f"{code}: {message}" if message else code
     lowered = message.lower()
@@ -109,12 +163,15 @@ def _classify_client_error(exc: ClientError) -> SendError:
     return PermanentSendError(text, code=code)
 
 
-def classify_entry(status: str, error: str | None) -> SendError | None:
+def classify_entry(status: str, error: str | None, *, sender: str = "") -> SendError | None:
     """The meaning of one BulkEmailEntryResult; None for SUCCESS."""
     if status == "SUCCESS":
         return None
+    text = f"{status}: {clean_message(error)}" if error else status
     kind = ENTRY_STATUS_ERRORS.get(status, RetryableSendError)
-    return kind(f"{status}: {error}" if error else status, code=status)
+    if kind is PermanentSendError and _identity_refused(text, sender):
+        return IdentityNotVerifiedError(text, identity=_address(sender), code=status)
+    return kind(text, code=status)
 
 
 class SesTransport:
@@ -179,7 +236,7 @@ class SesTransport:
             async with asyncio.timeout(self._call_timeout):
                 response = await client.send_email(**request)
         except Exception as exc:
-            raise classify(exc) from exc
+            raise classify(exc, sender=self._sender) from exc
         return response["MessageId"]
 
     async def send_bulk(
@@ -224,7 +281,7 @@ class SesTransport:
             async with asyncio.timeout(self._call_timeout):
                 response = await client.send_bulk_email(**request)
         except Exception as exc:
-            raise classify(exc) from exc
+            raise classify(exc, sender=self._sender, bulk=True) from exc
         results = response.get("BulkEmailEntryResults") or []
         out: list[EntryResult] = []
         for i, entry in enumerate(entries):
@@ -234,7 +291,8 @@ class SesTransport:
                 out.append(EntryResult(entry.request_id, None, missing))
                 continue
             result = results[i]
-            error = classify_entry(result.get("Status", ""), result.get("Error"))
+            error = classify_entry(result.get("Status", ""), result.get("Error"),
+                                   sender=self._sender)
             message_id = result.get("MessageId") if error is None else None
             out.append(EntryResult(entry.request_id, message_id, error))
         return out
