@@ -456,8 +456,8 @@ class Sender:
             # Not this message's fault: hold everything, burn no attempt, probe later.
             held.attempts -= 1
             if self.holds.hold("", str(exc)):
-                log.error("SES sending is paused for this account (or its credentials are refused); "
-                          "holding all mail",
+                log.error("SES sending is paused for this account (or its credentials are "
+                          "refused); holding all mail",
                           error=str(exc)[:300], probe_every=self.holds.account_probe)
             self._requeue(held, exc)
             self.waiting.add(held, front=True)
