@@ -6,14 +6,17 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dotenv import dotenv_values
 
 from .errors import ConfigError
 
-DEFAULT_SNS_CERT_URL_PATTERN = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+# Region-shaped ("sns.us-east-1.amazonaws.com", "sns.cn-north-1.amazonaws.com.cn"), so S3 hosts
+# such as sns.s3.amazonaws.com, which serve any bucket named "sns", never match.
+DEFAULT_SNS_CERT_URL_PATTERN = (
+    r"^https://sns\.[a-z]{2}(-gov)?-[a-z]+-[0-9]+\.amazonaws\.com(\.cn)?/")
 TRANSPORTS = ("ses", "outbox")
 LOG_FORMATS = ("console", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -23,9 +26,14 @@ _REGION_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?")
 _CONFIG_SET_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _BIND_RE = re.compile(r"[A-Za-z0-9.:%\[\]-]+")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Settings whose values never appear in a repr (logs, Sentry events, tracebacks).
+SECRET_FIELDS = frozenset({"api_key", "tracking_key", "sentry_dsn"})
+# AWS variables whose values are not secret; every other one (keys, tokens) is redacted.
+_PUBLIC_AWS_VARS = re.compile(r"AWS_(DEFAULT_)?REGION|AWS_PROFILE|AWS_ENDPOINT_URL(_\w+)?")
+REDACTED = "<redacted>"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     aws_region: str = "ap-northeast-2"
     email_sender: str = ""
@@ -60,9 +68,35 @@ class Settings:
     # Test hook (SESD_FAULT_CRASH_EMAIL): the sender process dies, as a crash would, when it
     # receives a job for this address. Exercises the isolation of a message that kills it.
     fault_crash_email: str = ""
+    # Connection deadlines (seconds) and cap, so the API can face the internet without a proxy:
+    # a request's headers must arrive within http_header_timeout of its first byte, its body
+    # within http_body_timeout of its headers; a connection with no request in flight is closed
+    # after http_idle_timeout. Past http_max_connections, the longest-idle one makes room.
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 60.0
+    http_idle_timeout: float = 30.0
+    http_max_connections: int = 1000
     # Environment variables botocore reads itself (endpoint overrides, credentials) are passed
     # through untouched; this keeps the record of them for the children.
     aws_env: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = REDACTED
+            elif f.name == "aws_env":
+                value = tuple((k, v if _PUBLIC_AWS_VARS.fullmatch(k) else REDACTED)
+                              for k, v in value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    def secrets(self) -> list[str]:
+        """Every secret value these settings hold (for scrubbing error reports)."""
+        values = [getattr(self, name) for name in sorted(SECRET_FIELDS)]
+        values += [v for k, v in self.aws_env if not _PUBLIC_AWS_VARS.fullmatch(k)]
+        return [v for v in values if v]
 
     @property
     def max_request_bytes(self) -> int:
@@ -249,5 +283,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         sqlite_max_pages=_integer("SQLITE_MAX_PAGES", get("SQLITE_MAX_PAGES", "0"), minimum=0,
                                   maximum=2**31 - 1),
         fault_crash_email=get("SESD_FAULT_CRASH_EMAIL"),
+        http_header_timeout=_number("HTTP_HEADER_TIMEOUT", get("HTTP_HEADER_TIMEOUT", "10"),
+                                    minimum=0.1, maximum=600),
+        http_body_timeout=_number("HTTP_BODY_TIMEOUT", get("HTTP_BODY_TIMEOUT", "60"),
+                                  minimum=0.1, maximum=3600),
+        http_idle_timeout=_number("HTTP_IDLE_TIMEOUT", get("HTTP_IDLE_TIMEOUT", "30"),
+                                  minimum=0.1, maximum=3600),
+        http_max_connections=_integer("HTTP_MAX_CONNECTIONS",
+                                      get("HTTP_MAX_CONNECTIONS", "1000"), minimum=8,
+                                      maximum=1_000_000),
         aws_env=tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_"))),
     )

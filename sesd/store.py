@@ -95,6 +95,20 @@ MIGRATIONS: tuple[str, ...] = (
     -- Requests waiting again after a sender crash: claimed apart from the rest (see claim_due).
     CREATE INDEX requests_suspects ON requests (id) WHERE status = 0 AND crashes > 0;
     """,
+    # One Open row per request, however often its pixel is replayed: later hits only add to
+    # `hits`. Earlier duplicates fold into their request's first Open row.
+    """
+    ALTER TABLE results ADD COLUMN hits INTEGER NOT NULL DEFAULT 1;
+    UPDATE results SET hits = (SELECT COUNT(*) FROM results AS r
+                               WHERE r.request_id = results.request_id AND r.status = 'Open')
+    WHERE status = 'Open' AND id = (SELECT MIN(r.id) FROM results AS r
+                                    WHERE r.request_id = results.request_id
+                                      AND r.status = 'Open');
+    DELETE FROM results WHERE status = 'Open' AND id > (SELECT MIN(r.id) FROM results AS r
+                                                        WHERE r.request_id = results.request_id
+                                                          AND r.status = 'Open');
+    CREATE UNIQUE INDEX results_open_once ON results (request_id) WHERE status = 'Open';
+    """,
 )
 
 
@@ -452,12 +466,43 @@ class Store:
                     [(email, reason, sns_message_id, at) for email, reason in suppress])
         return True
 
+    def request_candidates(self, request_id: int | None, message_id: str | None
+                           ) -> list[tuple[int, str]]:
+        """(id, email) of the requests an SES event may belong to, best first: the one our
+        X-Request-ID names, then the one with that SES message id."""
+        found: list[tuple[Any, ...]] = []
+        if request_id is not None:
+            found += self.db.execute("SELECT id, email FROM requests WHERE id = ?",
+                                     (request_id,)).fetchall()
+        if message_id:
+            found += [row for row in self.db.execute(
+                "SELECT id, email FROM requests WHERE message_id = ?", (message_id,))
+                if row[0] != request_id]
+        return [(int(rid), str(email)) for rid, email in found]
+
+    OPEN = """
+        INSERT INTO results (request_id, status, created_at) SELECT id, 'Open', ?
+        FROM requests WHERE id = ?
+        ON CONFLICT (request_id) WHERE status = 'Open' DO UPDATE SET hits = hits + 1
+    """
+
     def record_open(self, request_id: int) -> bool:
-        """One Open result for an existing request; False if there is no such request."""
+        """The request's Open result: its one row, or one more hit on it; False if there is
+        no such request."""
         with self._write() as cur:
-            cur.execute("INSERT INTO results (request_id, status, created_at) "
-                        "SELECT id, 'Open', ? FROM requests WHERE id = ?", (now_ms(), request_id))
+            cur.execute(self.OPEN, (now_ms(), request_id))
             return self.db.changes() > 0
+
+    def add_open_hits(self, hits: dict[int, int]) -> None:
+        """Later pixel hits counted in memory, added to each request's Open row at once."""
+        with self._write() as cur:
+            cur.executemany("UPDATE results SET hits = hits + ? WHERE request_id = ? "
+                            "AND status = 'Open'", [(n, rid) for rid, n in hits.items()])
+
+    def open_hits(self, request_id: int) -> int:
+        """How often the request's pixel was loaded (0: never)."""
+        return self._scalar_int("SELECT hits FROM results WHERE request_id = ? AND "
+                                "status = 'Open'", (request_id,))
 
     # -- suppression list ---------------------------------------------------------------------
 

@@ -203,6 +203,9 @@ def _fail(message: str, stream: TextIO = sys.stderr) -> None:
 
 
 def main() -> int:
+    # Before anything is created: the database (tracking key, every recipient), its WAL, the
+    # lock and the outbox files are for this service's user alone, as are their folders.
+    os.umask(0o077)
     try:
         settings = config.load()
     except ConfigError as exc:

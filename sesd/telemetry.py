@@ -40,7 +40,8 @@ def setup(settings: Settings, role: str) -> structlog.stdlib.BoundLogger:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=factory,
-        # Loggers are not cached across processes: each child configures its own after spawn.
+        # Cached per process: each child runs this after spawn, before its first log line, and
+        # no logger object crosses a process boundary.
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.clear_contextvars()
@@ -49,12 +50,21 @@ def setup(settings: Settings, role: str) -> structlog.stdlib.BoundLogger:
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr,
                         format=f"%(asctime)s {role} %(name)s %(levelname)s %(message)s")
     if settings.sentry_dsn:
-        _setup_sentry(settings, role)
+        setup_sentry(settings, role)
     return structlog.get_logger()
 
 
-def _setup_sentry(settings: Settings, role: str) -> None:
+def setup_sentry(settings: Settings, role: str, *, transport: Any = None) -> None:
+    """Errors only, and nothing private in them: no local variables (a frame of the API holds
+    request bodies, addresses and keys), no request data, no secret from the settings.
+    `transport` replaces the network one (tests)."""
     import sentry_sdk
+
+    secrets = settings.secrets()
+
+    def scrub(event: Any, hint: Any) -> Any:
+        event.pop("request", None)
+        return _redact(event, secrets)
 
     sentry_sdk.init(
         dsn=settings.sentry_dsn,
@@ -62,8 +72,29 @@ def _setup_sentry(settings: Settings, role: str) -> None:
         # Only errors: tracing every e-mail would cost more than sending it.
         traces_sample_rate=0.0,
         server_name=None,
+        include_local_variables=False,
+        include_source_context=False,  # source lines may quote values too; PII stays off (default)
+        max_request_body_size="never",
+        # The aiohttp integration would attach every request (and its body) to events.
+        auto_enabling_integrations=False,
+        before_send=scrub,
+        transport=transport,
     )
     sentry_sdk.set_tag("role", role)
+
+
+def _redact(value: Any, secrets: list[str]) -> Any:
+    """Every string in an event with each secret value replaced (an exception message or a
+    breadcrumb may quote one)."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "<redacted>")
+        return value
+    if isinstance(value, dict):
+        return {k: _redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, secrets) for v in value]
+    return value
 
 
 def capture(exc: BaseException) -> None:

@@ -31,7 +31,8 @@ def test_defaults_match_the_spec() -> None:
     assert s.max_request_mb == 32
     assert s.max_request_bytes == 32 * 1024 * 1024
     assert s.sns_cert_url_pattern == DEFAULT_SNS_CERT_URL_PATTERN
-    assert s.sns_cert_url_pattern == r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+    assert s.sns_cert_url_pattern == (
+        r"^https://sns\.[a-z]{2}(-gov)?-[a-z]+-[0-9]+\.amazonaws\.com(\.cn)?/")
     assert s.sns_topic_arns == frozenset()
     assert s.env == "dev"
     assert s.api_key == "" and s.sentry_dsn == "" and s.ses_config_set == ""
@@ -248,5 +249,56 @@ def test_example_env_file_defaults_load(tmp_path: Path) -> None:
     for name in ("aws_region", "server_port", "server_host", "db_path", "outbox_dir",
                  "email_rate", "max_concurrent", "max_request_mb", "sns_cert_url_pattern",
                  "email_transport", "env", "log_level", "bulk", "max_attempts",
-                 "shutdown_grace", "max_recipients", "sqlite_max_pages"):
+                 "shutdown_grace", "max_recipients", "sqlite_max_pages", "http_header_timeout",
+                 "http_body_timeout", "http_idle_timeout", "http_max_connections"):
         assert getattr(s, name) == getattr(defaults, name), name
+
+
+def test_repr_redacts_every_secret() -> None:
+    secrets = {"API_KEY": "api-key-value-0123456789", "TRACKING_KEY": "tracking-key-0123456789",
+               "AWS_SECRET_ACCESS_KEY": "aws-secret-value-0123", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+               "AWS_SESSION_TOKEN": "session-token-value",
+               "SENTRY_DSN": "https://publickey0123@o1.ingest.sentry.io/42"}
+    s = load({**secrets, "EMAIL_SENDER": "a@example.com", "AWS_REGION": "eu-west-1",
+              "AWS_ENDPOINT_URL_SESV2": "http://127.0.0.1:9"})
+    text = repr(s)
+    for value in secrets.values():
+        assert value not in text
+        assert value in s.secrets()  # what the Sentry scrubber replaces
+    assert "<redacted>" in text
+    # What is not secret stays readable for the operator.
+    assert "eu-west-1" in text and "http://127.0.0.1:9" in text and "a@example.com" in text
+    assert "api_key=''" in repr(load({}))  # an unset secret shows as unset
+
+
+@pytest.mark.parametrize("url", [
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-x.pem",
+    "https://sns.ap-northeast-2.amazonaws.com/SimpleNotificationService-x.pem",
+    "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-x.pem",
+    "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-x.pem",
+])
+def test_default_cert_url_pattern_matches_sns_regions(url: str) -> None:
+    assert Settings().cert_url_re.match(url)
+
+
+@pytest.mark.parametrize("url", [
+    "https://sns.s3.amazonaws.com/cert.pem",  # the S3 bucket named "sns"
+    "https://sns.s3.us-east-1.amazonaws.com/cert.pem",
+    "https://sns.amazonaws.com/cert.pem",
+    "https://sns.us-east-1.amazonaws.com.evil.example/cert.pem",
+    "https://evil.example/sns.us-east-1.amazonaws.com/cert.pem",
+    "http://sns.us-east-1.amazonaws.com/cert.pem",
+])
+def test_default_cert_url_pattern_refuses_other_hosts(url: str) -> None:
+    assert not Settings().cert_url_re.match(url)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("HTTP_HEADER_TIMEOUT", "0"), ("HTTP_HEADER_TIMEOUT", "soon"), ("HTTP_BODY_TIMEOUT", "-1"),
+    ("HTTP_IDLE_TIMEOUT", "nan"), ("HTTP_MAX_CONNECTIONS", "2"), ("HTTP_MAX_CONNECTIONS", "1.5"),
+])
+def test_connection_limits_are_checked(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load({name: value})
+    assert load({}).http_header_timeout == 10
+    assert load({"HTTP_MAX_CONNECTIONS": "50"}).http_max_connections == 50

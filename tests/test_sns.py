@@ -22,23 +22,30 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sesd.config import DEFAULT_SNS_CERT_URL_PATTERN
 from sesd.sns import (
     MESSAGE_TYPES,
+    CertificateCache,
     SesEvent,
     SesSetupNotification,
     SnsCertFetchError,
     SnsError,
     SnsMessageError,
+    SnsTopicRefused,
     SnsVerificationError,
+    addressed_to,
     check_cert_url,
+    check_subscribe_url,
+    load_certificate,
     parse_envelope,
     parse_ses_event,
+    same_address,
     string_to_sign,
     verify,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ses"
-DEFAULT_PATTERN = re.compile(r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/")
+DEFAULT_PATTERN = re.compile(DEFAULT_SNS_CERT_URL_PATTERN)
 LOCAL_PATTERN = re.compile(r"^http://127\.0\.0\.1:\d+/")
 CERT_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0000000000000000.pem"
 TOPIC = "arn:aws:sns:us-east-1:123456789012:ses-events"
@@ -131,15 +138,24 @@ def sign(
     }
 
 
+def sns_time(moment: dt.datetime | None = None) -> str:
+    """A Timestamp as SNS writes it (UTC, milliseconds, "Z"); now by default."""
+    moment = moment or dt.datetime.now(dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def notification(
-    *, subject: str | None = "Amazon SES Email Event Notification", message: str | None = None
+    *,
+    subject: str | None = "Amazon SES Email Event Notification",
+    message: str | None = None,
+    timestamp: str | None = None,
 ) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "Type": "Notification",
         "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
         "TopicArn": TOPIC,
         "Message": (FIXTURES / "event-delivery.json").read_text() if message is None else message,
-        "Timestamp": "2012-05-02T00:54:06.655Z",
+        "Timestamp": timestamp or sns_time(),
         "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&x=1",
     }
     if subject is not None:
@@ -155,12 +171,13 @@ def subscription(kind: str = "SubscriptionConfirmation") -> dict[str, Any]:
         "TopicArn": TOPIC,
         "Message": f"You have chosen to subscribe to the topic {TOPIC}.",
         "SubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token=x",
-        "Timestamp": "2012-04-26T20:45:04.751Z",
+        "Timestamp": sns_time(),
     }
 
 
 async def check(msg: dict[str, Any], fetch: FakeFetch, **kwargs: Any) -> None:
     kwargs.setdefault("cert_url_pattern", DEFAULT_PATTERN)
+    kwargs.setdefault("topic_arns", frozenset({TOPIC}))
     await verify(msg, fetch, **kwargs)
 
 
@@ -203,7 +220,7 @@ async def test_null_subject_is_treated_as_absent(rsa_key, fetch) -> None:
 
 
 def test_string_to_sign_matches_aws_layout() -> None:
-    msg = notification(subject="S", message="M")
+    msg = notification(subject="S", message="M", timestamp="2012-05-02T00:54:06.655Z")
     assert string_to_sign(msg) == (
         b"Message\nM\nMessageId\n22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324\nSubject\nS\n"
         b"Timestamp\n2012-05-02T00:54:06.655Z\nTopicArn\n" + TOPIC.encode() + b"\n"
@@ -229,13 +246,14 @@ def test_string_to_sign_matches_aws_layout() -> None:
         ("Subject", "other"),
         ("TopicArn", TOPIC + "x"),
         ("MessageId", "other-id"),
-        ("Timestamp", "2030-01-01T00:00:00.000Z"),
+        ("Timestamp", sns_time(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))),
     ],
 )
 async def test_tampered_field_refused(rsa_key, fetch, field: str, value: str) -> None:
     msg = sign(notification(), rsa_key, "2")
     with pytest.raises(SnsVerificationError, match="signature does not match"):
-        await check({**msg, field: value}, fetch)
+        # Both topics allowed: the signature alone must catch the change.
+        await check({**msg, field: value}, fetch, topic_arns=frozenset({TOPIC, TOPIC + "x"}))
 
 
 @pytest.mark.asyncio
@@ -441,7 +459,8 @@ def test_mutated_messages_never_verify(signed_pair, which: bool, data: st.DataOb
         raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
         msg["Signature"] = base64.b64encode(bytes(raw)).decode()
     with pytest.raises(SnsVerificationError):
-        asyncio.run(verify(msg, FakeFetch(pem), cert_url_pattern=DEFAULT_PATTERN))
+        asyncio.run(verify(msg, FakeFetch(pem), cert_url_pattern=DEFAULT_PATTERN,
+                           topic_arns=frozenset({TOPIC})))
 
 
 _json_scalar = st.one_of(
@@ -478,7 +497,8 @@ _json_scalar = st.one_of(
 )
 def test_arbitrary_input_only_raises_verification_error(signed_pair, junk) -> None:
     with pytest.raises(SnsVerificationError):
-        asyncio.run(verify(junk, FakeFetch(signed_pair[2]), cert_url_pattern=DEFAULT_PATTERN))
+        asyncio.run(verify(junk, FakeFetch(signed_pair[2]), cert_url_pattern=DEFAULT_PATTERN,
+                           topic_arns=frozenset({TOPIC})))
 
 
 @given(
@@ -511,7 +531,7 @@ def test_parse_ses_event_only_raises_message_error(text: str) -> None:
 def test_parse_envelope_accepts_genuine_shape(rsa_key) -> None:
     msg = sign(notification(), rsa_key)
     assert parse_envelope(orjson.dumps(msg)) == msg
-    assert parse_envelope(orjson.dumps(subscription()))["Token"]
+    assert parse_envelope(orjson.dumps(sign(subscription(), rsa_key)))["Token"]
 
 
 @pytest.mark.parametrize(
@@ -690,3 +710,206 @@ def test_subscription_succeeded_notice_is_a_clear_message_error() -> None:
     with pytest.raises(SesSetupNotification, match="AmazonSnsSubscriptionSucceeded") as info:
         parse_ses_event(text)
     assert isinstance(info.value, SnsMessageError)
+
+
+# ------------------------------------------------------------------ replays, names, the cache
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("field", "reason"), [("MessageId", "line break"),
+                                               ("Subject", "line break"),
+                                               ("TopicArn", "line break"),
+                                               ("Timestamp", "not an ISO 8601 time")])
+async def test_newline_in_a_signed_field_is_refused(rsa_key, fetch, field: str,
+                                                    reason: str) -> None:
+    msg = sign(notification(), rsa_key)
+    changed = {**msg, field: msg[field] + "\nSubject\nx"}
+    with pytest.raises(SnsVerificationError, match=reason):
+        await check(changed, fetch, topic_arns=frozenset({TOPIC, changed["TopicArn"]}))
+    assert fetch.calls == []
+
+
+@pytest.mark.asyncio
+async def test_moving_a_field_boundary_keeps_the_bytes_but_is_refused(rsa_key, fetch) -> None:
+    """Without a Subject, a MessageId that carries one signs the same bytes: a new id for
+    deduplication under a genuine signature. The newline rule is what stops it."""
+    msg = sign(notification(), rsa_key)
+    moved = {k: v for k, v in msg.items() if k != "Subject"}
+    moved["MessageId"] = f"{msg['MessageId']}\nSubject\n{msg['Subject']}"
+    unchecked = "".join(f"{k}\n{moved[k]}\n" for k in NOTIFICATION_KEYS if k in moved)
+    assert unchecked.encode() == string_to_sign(msg)  # the forgery the rule exists for
+    with pytest.raises(SnsVerificationError, match="line break"):
+        await check(moved, fetch)
+
+
+@pytest.mark.asyncio
+async def test_newlines_inside_message_are_genuine(rsa_key, fetch) -> None:
+    await check(sign(notification(message='{\n  "eventType": "Send"\n}'), rsa_key), fetch)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("age", "ok"), [(dt.timedelta(minutes=59), True),
+                                         (dt.timedelta(hours=1, minutes=1), False),
+                                         (dt.timedelta(days=-1), False),
+                                         (dt.timedelta(minutes=-5), True)])
+async def test_timestamp_age_is_bounded(rsa_key, fetch, age: dt.timedelta, ok: bool) -> None:
+    now = dt.datetime.now(dt.UTC)
+    msg = sign(notification(timestamp=sns_time(now - age)), rsa_key)
+    if ok:
+        await check(msg, fetch, now=now)
+    else:
+        with pytest.raises(SnsVerificationError, match=r"older than|future"):
+            await check(msg, fetch, now=now)
+        assert fetch.calls == []
+
+
+def test_unparsable_timestamp_is_malformed(rsa_key) -> None:
+    msg = sign(notification(timestamp="yesterday"), rsa_key)
+    with pytest.raises(SnsMessageError, match="Timestamp"):
+        parse_envelope(orjson.dumps(msg))
+
+
+@pytest.mark.asyncio
+async def test_empty_allow_list_refuses_everything(rsa_key, fetch) -> None:
+    for msg in (sign(notification(), rsa_key), sign(subscription(), rsa_key)):
+        with pytest.raises(SnsTopicRefused, match="SNS_TOPIC_ARNS is empty"):
+            await check(msg, fetch, topic_arns=frozenset())
+    assert fetch.calls == []
+
+
+def _named_cert(key: rsa.RSAPrivateKey, cn: str, sans: tuple[str, ...] = ()) -> bytes:
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(days=1))
+               .not_valid_after(now + dt.timedelta(days=1)))
+    if sans:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize("cn", ["sns.amazonaws.com", "sns.us-east-1.amazonaws.com",
+                                "SNS.eu-west-1.AMAZONAWS.com", "sns.cn-north-1.amazonaws.com.cn"])
+def test_certificate_subject_of_sns_is_accepted(rsa_key, cn: str) -> None:
+    load_certificate(_named_cert(rsa_key, cn))
+
+
+@pytest.mark.parametrize("cn", ["evil.example", "sns.s3.amazonaws.com", "s3.amazonaws.com",
+                                "sns.amazonaws.com.evil.example", "x.sns.amazonaws.com"])
+def test_certificate_subject_elsewhere_is_refused(rsa_key, cn: str) -> None:
+    with pytest.raises(SnsVerificationError, match="not an SNS host"):
+        load_certificate(_named_cert(rsa_key, cn))
+
+
+def test_certificate_subject_alternative_name_counts(rsa_key) -> None:
+    load_certificate(_named_cert(rsa_key, "Amazon", sans=("sns.us-west-2.amazonaws.com",)))
+
+
+def test_subscribe_url_guard_accepts_real_aws_urls_only() -> None:
+    """SNS's SubscribeURL has a query and no .pem: the guard must accept it under the default
+    pattern (it once reused the SigningCertURL rules and refused every genuine one)."""
+    check_subscribe_url(
+        "https://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription&TopicArn="
+        "arn:aws:sns:us-west-2:123456789012:MyTopic&Token=2336412f37fb687f", DEFAULT_PATTERN)
+    for url in ["", "http://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription",
+                "https://sns.us-west-2.amazonaws.com.evil.example/?x=1",
+                "https://sns.us-west-2.amazonaws.com@evil.example/?x=1",
+                "https://evil.example/?u=https://sns.us-west-2.amazonaws.com/",
+                "https://sns.s3.amazonaws.com/?Action=ConfirmSubscription",
+                "https://sns.us-west-2.amazonaws.com/?x=1 2"]:
+        with pytest.raises(SnsVerificationError, match="SubscribeURL"):
+            check_subscribe_url(url, DEFAULT_PATTERN)
+
+
+def test_refusals_do_not_reflect_a_huge_value(rsa_key) -> None:
+    url = "https://sns.us-east-1.amazonaws.com/" + "a" * 2_000_000 + ".pem?x"
+    with pytest.raises(SnsVerificationError) as info:
+        check_cert_url(url, DEFAULT_PATTERN)
+    assert len(str(info.value)) < 1000
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    ("a@example.com", "a@example.com", True),
+    ("a@Example.COM", "a@example.com", True),
+    ("A@example.com", "a@example.com", True),
+    ("a@bücher.de", "a@xn--bcher-kva.de", True),
+    ("Ann <a@example.com>", "a@example.com", True),
+    ("a@example.com", "b@example.com", False),
+    ("a@example.com", "a@example.org", False),
+    ("a@example.com.evil", "a@example.com", False),
+])
+def test_same_address(a: str, b: str, same: bool) -> None:
+    assert same_address(a, b) is same
+    assert addressed_to(a, ["x@y.example", b]) is same
+
+
+class CountingFetch:
+    """fetch for CertificateCache: a body per URL, counted; a gate makes calls overlap."""
+
+    def __init__(self, bodies: dict[str, bytes | BaseException]) -> None:
+        self.bodies = bodies
+        self.calls: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self, url: str) -> bytes:
+        self.calls.append(url)
+        await self.gate.wait()
+        body = self.bodies[url]
+        if isinstance(body, BaseException):
+            raise body
+        return body
+
+
+@pytest.mark.asyncio
+async def test_cache_evicts_least_recently_used_beyond_its_size(cert_pem) -> None:
+    fetch = CountingFetch({f"u{i}": cert_pem for i in range(4)})
+    cache = CertificateCache(fetch, size=2)
+    for url in ["u0", "u1", "u0", "u2", "u0", "u1"]:
+        assert isinstance(await cache.get(url), x509.Certificate)
+        assert len(cache) <= 2
+    # u1 was the least recently used when u2 came in; u0 stayed, being used since.
+    assert fetch.calls == ["u0", "u1", "u2", "u1"]
+
+
+@pytest.mark.asyncio
+async def test_cache_shares_one_fetch_among_concurrent_messages(cert_pem) -> None:
+    fetch = CountingFetch({"u": cert_pem})
+    fetch.gate.clear()
+    cache = CertificateCache(fetch)
+    waiters = [asyncio.ensure_future(cache.get("u")) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    fetch.gate.set()
+    certs = await asyncio.gather(*waiters)
+    assert fetch.calls == ["u"]
+    assert len({id(c) for c in certs}) == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("body", [b"-----BEGIN CERTIFICATE-----\nMIIB", OSError("refused")],
+                         ids=["truncated", "unreachable"])
+async def test_cache_keeps_no_failure_past_its_ttl(cert_pem, body) -> None:
+    now = [0.0]
+    fetch = CountingFetch({"u": body})
+    cache = CertificateCache(fetch, failure_ttl=30, clock=lambda: now[0])
+    for _ in range(3):  # a flood naming the broken URL costs one fetch
+        with pytest.raises(SnsVerificationError):
+            await cache.get("u")
+    assert fetch.calls == ["u"]
+    assert len(cache) == 0  # nothing that failed to parse was kept
+    now[0] = 31.0
+    fetch.bodies["u"] = cert_pem  # the next try after the TTL fetches again, and keeps it
+    await cache.get("u")
+    await cache.get("u")
+    assert fetch.calls == ["u", "u"]
+
+
+@pytest.mark.asyncio
+async def test_cache_fetch_failure_is_a_fetch_error(cert_pem) -> None:
+    cache = CertificateCache(CountingFetch({"u": OSError("refused")}))
+    with pytest.raises(SnsCertFetchError, match="refused"):
+        await cache.get("u")
+    with pytest.raises(SnsCertFetchError, match="remembered"):
+        await cache.get("u")

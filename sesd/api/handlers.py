@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import hashlib
@@ -9,9 +10,8 @@ import importlib.resources
 import os
 import re
 import time
-from collections.abc import Sequence
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import apsw
 import orjson
@@ -21,22 +21,30 @@ from aiohttp import web
 from .. import sns, tracking
 from ..store import now_ms
 from . import schemas
-from .app import (
+from .base import (
     CERTS,
     DB,
     HOOKS,
     HTTP,
+    OPENS,
+    PUBLIC_BODY_LIMIT,
+    REFUSALS,
     SETTINGS,
     TRACKING_KEY,
     ApiError,
+    clip,
     json_response,
+    read_capped,
     require_key,
 )
 
+T = TypeVar("T")
 log = structlog.get_logger()
-CERT_CACHE_SIZE = 64
-MAX_CERT_BYTES = 64 * 1024
+SNS_PATH = "/v1/events/results"
 SNS_TYPES = frozenset(sns.MESSAGE_TYPES)
+# Bodies this large are parsed in a worker thread: a few milliseconds of JSON decoding per
+# request is enough for a flood of them to stall every other client on the loop.
+OFF_LOOP_BYTES = 64 * 1024
 
 
 def _elapsed(started: float) -> str:
@@ -148,53 +156,60 @@ async def counts_sent(request: web.Request) -> web.Response:
 
 async def open_pixel(request: web.Request) -> web.Response:
     """Always the pixel, whatever the query or the database says; an Open only for a genuine
-    signed link."""
+    signed link, written once per request (replays are only counted, see opens.py)."""
     request_id = request.query.get("requestId")
     if tracking.verify_token(request.app[TRACKING_KEY], request_id, request.query.get("token")):
-        db = request.app[DB]
-        try:
-            await db.run(db.store.record_open, int(str(request_id)))
-        except Exception as exc:  # the reader still gets the pixel
-            log.warning("could not record an open", error=str(exc))
+        rid = int(str(request_id))
+        opens = request.app[OPENS]
+        if opens.seen(rid):
+            opens.count(rid)
+        else:
+            db = request.app[DB]
+            try:
+                await db.run(db.store.record_open, rid)
+                opens.remember(rid)
+            except Exception as exc:  # the reader still gets the pixel
+                log.warning("could not record an open", error=clip(str(exc)))
     return web.Response(body=tracking.PIXEL_PNG, headers=dict(tracking.PIXEL_HEADERS))
 
 
 # -- SNS --------------------------------------------------------------------------------------
 
-async def _fetch_cert(request: web.Request, url: str) -> bytes:
-    certs = request.app[CERTS]
-    if url in certs:
-        return certs[url]
-    try:
-        async with request.app[HTTP].get(url, allow_redirects=False) as resp:
-            if resp.status != 200:
-                raise sns.SnsCertFetchError(f"certificate fetch answered {resp.status}")
-            pem = await resp.content.read(MAX_CERT_BYTES)
-    except sns.SnsError:
-        raise
-    except Exception as exc:
-        raise sns.SnsCertFetchError(f"could not fetch the signing certificate: {exc!r}") from exc
-    if len(certs) >= CERT_CACHE_SIZE:
-        certs.pop(next(iter(certs)))  # oldest first; SNS uses very few certificates
-    certs[url] = pem
-    return pem
+async def _parse(fn: Callable[[Any], T], data: Any, size: int) -> T:
+    return await asyncio.to_thread(fn, data) if size > OFF_LOOP_BYTES else fn(data)
+
+
+def _refused(request: web.Request, event: str, error: object) -> None:
+    """One warning per refusal, throttled: a flood of forgeries must not write a flood of log."""
+    held_back = request.app[REFUSALS].admit()
+    if held_back is not None:
+        log.warning(event, error=clip(str(error)), similar_lines_held_back=held_back)
 
 
 async def sns_results(request: web.Request) -> web.Response:
+    """400: not an SNS message; 403: well-formed but not proven to come from an allowed topic;
+    503: the signing certificate could not be fetched (SNS retries a 5xx)."""
     settings = request.app[SETTINGS]
     kind = request.headers.get("x-amz-sns-message-type")
     if kind not in SNS_TYPES:
         raise ApiError(400, "x-amz-sns-message-type must be Notification, "
                             "SubscriptionConfirmation or UnsubscribeConfirmation")
+    raw = await read_capped(request, PUBLIC_BODY_LIMIT)
     try:
-        msg = sns.parse_envelope(await request.read())
-        await sns.verify(msg, functools.partial(_fetch_cert, request),
-                         cert_url_pattern=settings.cert_url_re,
+        msg = await _parse(sns.parse_envelope, raw, len(raw))
+    except sns.SnsMessageError as exc:
+        raise ApiError(400, f"not an SNS message: {exc}") from None
+    try:
+        await sns.verify(msg, request.app[CERTS].get, cert_url_pattern=settings.cert_url_re,
                          topic_arns=settings.sns_topic_arns, header_type=kind)
     except sns.SnsCertFetchError as exc:  # maybe transient: a 5xx makes SNS retry
+        _refused(request, "SNS signing certificate unavailable", exc)
         raise ApiError(503, f"signing certificate unavailable; retry later ({exc})") from None
-    except sns.SnsError as exc:
-        log.warning("SNS message refused", error=str(exc))
+    except sns.SnsTopicRefused as exc:
+        _refused(request, "SNS message refused: topic not allowed (SNS_TOPIC_ARNS)", exc)
+        raise ApiError(403, f"message refused: {exc}") from None
+    except sns.SnsVerificationError as exc:
+        _refused(request, "SNS message refused", exc)
         raise ApiError(403, f"message refused: {exc}") from None
     if kind == "SubscriptionConfirmation":
         return await _confirm(request, msg)
@@ -204,35 +219,18 @@ async def sns_results(request: web.Request) -> web.Response:
     return await _notification(request, msg)
 
 
-def check_subscribe_url(url: str, pattern: re.Pattern[str]) -> None:
-    """The SubscribeURL must name an allowed SNS host, like a SigningCertURL; but a genuine one
-    is "https://sns.<region>.amazonaws.com/?Action=ConfirmSubscription&...", a query and no
-    .pem, which sns.check_cert_url refuses. Same host rules, then."""
-    if any(not ch.isprintable() or ch in " \\" for ch in url) or not pattern.match(url):
-        raise sns.SnsVerificationError(f"{url[:200]!r} does not match {pattern.pattern!r}")
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise sns.SnsVerificationError(f"{url[:200]!r} is not a URL: {exc}") from None
-    if parts.scheme != "https" and not (
-            parts.scheme == "http" and pattern.pattern.startswith(("^http://", "http://"))):
-        raise sns.SnsVerificationError(f"must be https, not {parts.scheme!r}")
-    if "@" in parts.netloc or not parts.hostname:
-        raise sns.SnsVerificationError("must name a host without user information")
-
-
 async def _confirm(request: web.Request, msg: dict[str, Any]) -> web.Response:
     url = str(msg.get("SubscribeURL", ""))
     try:
-        check_subscribe_url(url, request.app[SETTINGS].cert_url_re)  # SSRF guard: AWS only
+        sns.check_subscribe_url(url, request.app[SETTINGS].cert_url_re)  # SSRF guard: AWS only
     except sns.SnsError as exc:
-        log.warning("SNS SubscribeURL refused", error=str(exc))
+        _refused(request, "SNS SubscribeURL refused", exc)
         raise ApiError(403, f"SubscribeURL refused: {exc}") from None
     try:
         async with request.app[HTTP].get(url, allow_redirects=False) as resp:
             status = resp.status
     except Exception as exc:
-        raise ApiError(503, f"could not confirm the subscription; retry later ({exc!r})"
+        raise ApiError(503, f"could not confirm the subscription; retry later ({clip(exc)})"
                        ) from None
     if status != 200:
         raise ApiError(502, f"SubscribeURL answered {status}")
@@ -241,25 +239,34 @@ async def _confirm(request: web.Request, msg: dict[str, Any]) -> web.Response:
 
 
 async def _notification(request: web.Request, msg: dict[str, Any]) -> web.Response:
+    text = str(msg.get("Message", ""))
     try:
-        event = sns.parse_ses_event(str(msg.get("Message", "")))
+        event = await _parse(sns.parse_ses_event, text, len(text))
     except sns.SesSetupNotification:
         log.info("SES confirmed its SNS destination", topic=msg.get("TopicArn"))
         return json_response({"status": "ignored"})
     except sns.SnsMessageError as exc:
         # Genuinely signed but not an SES event we understand: a retry would not help.
-        log.warning("signed SNS notification is not an SES event", error=str(exc))
+        log.warning("signed SNS notification is not an SES event", error=clip(str(exc)))
         return json_response({"status": "ignored"})
     db = request.app[DB]
     try:
-        request_id = await db.run(db.store.find_request, event.request_id, event.message_id)
+        candidates = await db.run(db.store.request_candidates, event.request_id,
+                                  event.message_id)
+        # An event applies only to a request mailed to one of its recipients: an X-Request-ID
+        # (a small sequential number) names a request, but only the address proves it is ours.
+        request_id = next((rid for rid, email in candidates
+                           if sns.addressed_to(email, event.recipients)), None)
+        if candidates and request_id is None:
+            _refused(request, "SES event not applied: its recipients are not the request's",
+                     f"requests {[rid for rid, _ in candidates]}")
         stored = await db.run(db.store.record_result, request_id=request_id,
                               status=event.event_type, raw=event.raw,
                               sns_message_id=msg.get("MessageId"), suppress=event.suppress)
         if event.suppress:  # also on a repeat: the first delivery may have died before this
             await _stop_held(request, event.suppress)
     except Exception as exc:
-        raise ApiError(503, f"could not store the event; retry later ({exc!r})") from None
+        raise ApiError(503, f"could not store the event; retry later ({clip(exc)})") from None
     if event.suppress and stored:
         log.info("suppressed", addresses=[a for a, _ in event.suppress])
     return json_response({"status": "stored" if stored else "duplicate",
@@ -346,14 +353,18 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=openapi_document(), content_type="application/json")
 
 
+# Unauthenticated routes facing the internet: their bodies are capped at PUBLIC_BODY_LIMIT.
+PUBLIC_ROUTES = frozenset({tracking.OPEN_PATH, SNS_PATH})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages", post_messages)
     app.router.add_get("/v1/topics/{topicId}", get_topic)
     app.router.add_delete("/v1/topics/{topicId}", delete_topic)
     app.router.add_get("/v1/topics/{topicId}/requests", topic_requests)
     app.router.add_get("/v1/events/counts/sent", counts_sent)
-    app.router.add_get("/v1/events/open", open_pixel)
-    app.router.add_post("/v1/events/results", sns_results)
+    app.router.add_get(tracking.OPEN_PATH, open_pixel)
+    app.router.add_post(SNS_PATH, sns_results)
     app.router.add_get("/v1/suppressions", list_suppressions)
     app.router.add_put("/v1/suppressions/{email}", put_suppression)
     app.router.add_delete("/v1/suppressions/{email}", delete_suppression)

@@ -17,6 +17,7 @@ from ..errors import PermanentSendError, RetryableSendError, SendError
 from .base import PIXEL_PLACEHOLDER, BulkEntry, Email, EntryResult
 
 DEFAULT_SENDER = "sesd@localhost"
+FILE_MODE = 0o600  # readable by the service's user only
 
 
 class OutboxTransport:
@@ -29,7 +30,8 @@ class OutboxTransport:
         self._domain = self._sender.rpartition("@")[2] or "localhost"
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
+        # Private whatever the umask: each file holds a recipient's address and message.
+        await asyncio.to_thread(self._dir.mkdir, mode=0o700, parents=True, exist_ok=True)
 
     async def close(self) -> None:
         return None
@@ -77,7 +79,8 @@ class OutboxTransport:
         tmp = self._dir / f".{name}.tmp"
         try:
             try:
-                with open(tmp, "xb") as f:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+                with open(fd, "wb") as f:
                     f.write(data)
                 os.replace(tmp, final)
             except BaseException:
