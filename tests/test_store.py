@@ -10,6 +10,7 @@ from sesd.errors import StorageFullError
 from sesd.store import (
     CREATED,
     FAILED,
+    MIGRATIONS,
     PROCESSING,
     SENT,
     STOPPED,
@@ -39,7 +40,7 @@ def status_of(store: Store, request_id: int) -> int:
 def test_schema_is_versioned_and_reopenable(tmp_path: Path) -> None:
     Store(tmp_path / "a.db").close()
     again = Store(tmp_path / "a.db")
-    assert again.db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert again.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert again.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert again.db.execute("PRAGMA cache_size").fetchone()[0] == -65536
@@ -124,6 +125,11 @@ def test_hot_queries_use_their_indexes(store: Store) -> None:
 
     claim = plan(store.CLAIM, 1, 10)
     assert "requests_due" in claim and "TEMP B-TREE" not in claim  # no sort, no scan
+    # The suppression check per claimed row is one primary-key search on (key, scope): the key
+    # is lower(email), computed by SQLite, never a scan of suppressions or a Python call.
+    assert "SEARCH suppressions USING PRIMARY KEY (key=? AND scope=?)" in claim
+    assert "SCAN suppressions" not in claim
+    assert "USING INDEX requests_due (status=?)" in plan(store.STOP_HELD, "r", 0, "a@example.com")
     assert "COVERING INDEX requests_topic" in plan(store.TOPIC_REQUESTS, "t")
     results = plan(store.TOPIC_RESULTS, "t")
     assert "requests_topic" in results and "results_request" in results
