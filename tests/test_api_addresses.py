@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from sesd.api import schemas
 from sesd.api.app import create_app
-from sesd.config import Settings
+from sesd.config import Settings, load
+from sesd.errors import ConfigError
 from sesd.store import IDEMPOTENCY_PURGE_BATCH, Store
 
 API_KEY = "k" * 20
@@ -149,3 +150,12 @@ async def test_expired_keys_are_purged_in_small_batches(api: Api) -> None:
     assert remaining == [expired - IDEMPOTENCY_PURGE_BATCH, expired - 2 * IDEMPOTENCY_PURGE_BATCH,
                          0]
     assert api.rows("SELECT key FROM idempotency") == [("live",)]
+
+
+def test_ttl_setting_is_parsed_and_checked() -> None:
+    assert load({}).idempotency_ttl_ms == DAY_MS
+    assert load({"IDEMPOTENCY_TTL_HOURS": "0.5"}).idempotency_ttl_ms == 1_800_000
+    for bad in ("0", "-1", "abc", "inf", "10000"):
+        with pytest.raises(ConfigError) as caught:
+            load({"IDEMPOTENCY_TTL_HOURS": bad})
+        assert caught.value.variable == "IDEMPOTENCY_TTL_HOURS"
