@@ -63,6 +63,8 @@ class Settings:
     max_attempts: int = 8
     # Most recipients one POST may carry; bounds the API's memory whatever MAX_REQUEST_MB allows.
     max_recipients: int = 100_000
+    # Hours an Idempotency-Key is remembered; a retry after that creates the requests again.
+    idempotency_ttl_hours: float = 24.0
     # Test and operations hook: cap the database size (pages) to rehearse a full disk.
     sqlite_max_pages: int = 0
     # Test hook (SESD_FAULT_CRASH_EMAIL): the sender process dies, as a crash would, when it
@@ -101,6 +103,10 @@ class Settings:
     @property
     def max_request_bytes(self) -> int:
         return int(self.max_request_mb * 1024 * 1024)
+
+    @property
+    def idempotency_ttl_ms(self) -> int:
+        return int(self.idempotency_ttl_hours * 3_600_000)
 
     @property
     def unlimited_rate(self) -> bool:
@@ -280,6 +286,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_attempts=_integer("MAX_ATTEMPTS", get("MAX_ATTEMPTS", "8"), minimum=1, maximum=100),
         max_recipients=_integer("MAX_RECIPIENTS", get("MAX_RECIPIENTS", "100000"), minimum=1,
                                 maximum=10_000_000),
+        idempotency_ttl_hours=_number("IDEMPOTENCY_TTL_HOURS", get("IDEMPOTENCY_TTL_HOURS", "24"),
+                                      minimum=0.001, maximum=24 * 366),
         sqlite_max_pages=_integer("SQLITE_MAX_PAGES", get("SQLITE_MAX_PAGES", "0"), minimum=0,
                                   maximum=2**31 - 1),
         fault_crash_email=get("SESD_FAULT_CRASH_EMAIL"),

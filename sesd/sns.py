@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import functools
 import re
 import time
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from sesd.addresses import suppression_key
 from sesd.errors import SesdError
 
 
@@ -437,17 +437,9 @@ def parse_ses_event(message: str) -> SesEvent:
 
 
 def same_address(a: str, b: str) -> bool:
-    """Whether two spellings name one mailbox: the domain compares case-insensitively (and as
-    IDNA), the local part too, as the suppression list does. The one place this rule lives."""
-    return _mailbox(a) == _mailbox(b)
-
-
-def _mailbox(address: str) -> tuple[str, str]:
-    local, _, domain = parseaddr(address)[1].strip().rpartition("@")
-    domain = domain.rstrip(".").lower()
-    with contextlib.suppress(UnicodeError):  # not IDNA-encodable: compare as written
-        domain = domain.encode("idna").decode("ascii")
-    return local.casefold(), domain
+    """Whether two spellings name one mailbox, by the suppression list's key (one rule for both:
+    addresses.suppression_key)."""
+    return suppression_key(parseaddr(a)[1].strip()) == suppression_key(parseaddr(b)[1].strip())
 
 
 def addressed_to(address: str, recipients: Iterable[str]) -> bool:

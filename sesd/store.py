@@ -16,6 +16,7 @@ from typing import Any
 import apsw
 import orjson
 
+from .addresses import AddressError, canonical_address, suppression_key
 from .errors import StorageFullError
 from .messages import Content
 
@@ -26,9 +27,65 @@ TERMINAL = (SENT, FAILED, STOPPED)
 MAX_CRASHES = 3
 
 BUSY_TIMEOUT_MS = 10_000
+IDEMPOTENCY_PURGE_BATCH = 100  # expired keys deleted per ingest: small, so ingest stays quick
+_MIGRATION_CHUNK = 5_000
 
-# Each entry upgrades the schema by one `PRAGMA user_version`; never edit a released entry.
-MIGRATIONS: tuple[str, ...] = (
+Migration = str | Callable[[apsw.Cursor], None]
+
+
+def _address_keys(cur: apsw.Cursor) -> None:
+    """v2: suppressions keyed by addresses.suppression_key and a scope; waiting requests'
+    addresses in canonical form (the claim compares lower(email) with the key).
+
+    Python, not SQL: the key needs Unicode case folding and IDNA. Two old rows whose addresses
+    share a key (NOCASE told "ann@bücher.de" from "ann@xn--bcher-kva.de") become one, the earliest
+    kept. A waiting request whose address SES cannot take (a non-ASCII local part, an encoded
+    word) fails with the reason instead of reaching SES. The key function is part of this step's
+    meaning: if it ever changes, a new migration must rewrite the keys again."""
+    cur.execute("""
+        CREATE TABLE suppressions_v2 (
+            key        TEXT    NOT NULL,  -- addresses.suppression_key(email)
+            scope      TEXT    NOT NULL,  -- 'all', or a list id (unsubscribes)
+            email      TEXT    NOT NULL,  -- as first given, for display
+            reason     TEXT    NOT NULL,
+            event      TEXT,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (key, scope)
+        ) WITHOUT ROWID;
+        CREATE INDEX idempotency_created ON idempotency (created_at);
+    """)
+    old = cur.execute("SELECT email, reason, event, created_at FROM suppressions "
+                      "ORDER BY created_at, email").fetchall()
+    cur.executemany("INSERT INTO suppressions_v2 (key, scope, email, reason, event, created_at) "
+                    "VALUES (?, 'all', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(suppression_key(str(email)), email, *rest) for email, *rest in old])
+    cur.execute("DROP TABLE suppressions; ALTER TABLE suppressions_v2 RENAME TO suppressions")
+    at = now_ms()
+    last = 0
+    while True:  # in chunks by id: never the whole table in memory, never a write mid-read
+        rows: list[Any] = cur.execute(
+            "SELECT id, email FROM requests WHERE id > ? AND status IN (0, 1) ORDER BY id LIMIT ?",
+            (last, _MIGRATION_CHUNK)).fetchall()
+        if not rows:
+            return
+        last = rows[-1][0]
+        changed, refused = [], []
+        for request_id, email in rows:
+            try:
+                canonical = canonical_address(str(email))
+            except AddressError as exc:
+                refused.append((f"address refused: {exc}", at, request_id))
+                continue
+            if canonical != email:
+                changed.append((canonical, at, request_id))
+        cur.executemany("UPDATE requests SET email = ?, updated_at = ? WHERE id = ?", changed)
+        cur.executemany("UPDATE requests SET status = 3, error = ?, updated_at = ? WHERE id = ?",
+                        refused)
+
+
+# Each entry upgrades the schema by one `PRAGMA user_version`: SQL, or a Python step given the
+# migration's cursor (same transaction). Never edit a released entry.
+MIGRATIONS: tuple[Migration, ...] = (
     """
     CREATE TABLE contents (
         id          INTEGER PRIMARY KEY,
@@ -109,6 +166,7 @@ MIGRATIONS: tuple[str, ...] = (
                                                           AND r.status = 'Open');
     CREATE UNIQUE INDEX results_open_once ON results (request_id) WHERE status = 'Open';
     """,
+    _address_keys,
 )
 
 
@@ -217,7 +275,11 @@ class Store:
         with self._write() as cur:
             version = self._user_version()  # re-read under the lock: another process may have won
             for number in range(version, len(MIGRATIONS)):
-                cur.execute(MIGRATIONS[number])
+                step = MIGRATIONS[number]
+                if isinstance(step, str):
+                    cur.execute(step)
+                else:
+                    step(cur)
             cur.execute(f"PRAGMA user_version={len(MIGRATIONS)}")
 
     def _user_version(self) -> int:
@@ -256,11 +318,13 @@ class Store:
     """
 
     def insert_messages(self, messages: Iterable[NewMessage], *, idempotency: tuple[str, str, bytes]
-                        | None = None) -> int:
+                        | None = None, keys_expire_before: int = 0) -> int:
         """Store every message of one request in one transaction; returns requests created.
 
         `idempotency` is (key, body hash, response body) kept with the same commit so a retried
-        request can be answered without creating anything."""
+        request can be answered without creating anything. Keys created before
+        `keys_expire_before` (ms) are expired: the same key is free again, and a small batch of
+        expired ones is purged with every ingest, so the table stays bounded without a sweeper."""
         created_at = now_ms()
         count = 0
         with self._write() as cur:
@@ -270,15 +334,27 @@ class Store:
                 cur.execute(self.INSERT_REQUESTS, (msg.topic_id, content_id, msg.scheduled_at,
                                                    created_at, orjson.dumps(list(msg.emails))))
                 count += self.db.changes()
+            if keys_expire_before:
+                cur.execute(self.PURGE_IDEMPOTENCY, (keys_expire_before, IDEMPOTENCY_PURGE_BATCH))
             if idempotency is not None:
+                # An expired record of this key (maybe outside the purged batch) is not a replay.
+                cur.execute("DELETE FROM idempotency WHERE key = ? AND created_at < ?",
+                            (idempotency[0], keys_expire_before))
                 cur.execute("INSERT INTO idempotency (key, body_hash, response, created_at) "
                             "VALUES (?, ?, ?, ?)", (*idempotency, created_at))
         return count
 
-    def idempotent_response(self, key: str) -> tuple[str, bytes] | None:
-        row = self.db.execute("SELECT body_hash, response FROM idempotency WHERE key = ?",
-                              (key,)).fetchone()
-        return (str(row[0]), bytes(row[1])) if row else None
+    PURGE_IDEMPOTENCY = """
+        DELETE FROM idempotency WHERE key IN (
+            SELECT key FROM idempotency WHERE created_at < ? ORDER BY created_at LIMIT ?)
+    """
+
+    def idempotent_response(self, key: str) -> tuple[str, bytes, int] | None:
+        """(body hash, response, created_at ms) stored for an Idempotency-Key; the caller
+        ignores a record older than its TTL."""
+        row = self.db.execute("SELECT body_hash, response, created_at FROM idempotency "
+                              "WHERE key = ?", (key,)).fetchone()
+        return (str(row[0]), bytes(row[1]), int(row[2])) if row else None
 
     def stop_topic(self, topic_id: str) -> int:
         """Stop every request of the topic that is not sent and not being sent; the count is
@@ -298,15 +374,20 @@ class Store:
         WHERE id IN (SELECT id FROM requests WHERE status = 0 AND scheduled_at <= ?1
                      AND crashes = 0 ORDER BY scheduled_at, id LIMIT ?2)
         RETURNING id, email, content_id,
-                  (SELECT reason FROM suppressions WHERE suppressions.email = requests.email)
+                  (SELECT reason FROM suppressions
+                   WHERE key = lower(requests.email) AND scope = 'all')
     """
     CLAIM_SUSPECTS = """
         UPDATE requests SET status = 1, updated_at = ?1
         WHERE id IN (SELECT id FROM requests WHERE status = 0 AND crashes > 0 AND crashes = ?2
                      ORDER BY id LIMIT ?3)
         RETURNING id, email, content_id,
-                  (SELECT reason FROM suppressions WHERE suppressions.email = requests.email)
+                  (SELECT reason FROM suppressions
+                   WHERE key = lower(requests.email) AND scope = 'all')
     """
+    # lower(email) is the suppression key of a canonical address (addresses.key_of_canonical):
+    # intake stores only canonical ones and the v2 migration rewrote those still waiting. The
+    # lookup is one search of the (key, scope) primary key, with no per-row Python.
 
     def claim_due(self, limit: int, now: int | None = None) -> Claimed:
         """Mark up to `limit` due requests processing; suppressed recipients are stopped on the
@@ -458,12 +539,9 @@ class Store:
             if not self.db.changes():
                 return False
             if suppress:
-                cur.executemany(
-                    "INSERT INTO suppressions (email, reason, event, created_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (email) DO UPDATE SET "
-                    "reason = excluded.reason, event = excluded.event, "
-                    "created_at = excluded.created_at",
-                    [(email, reason, sns_message_id, at) for email, reason in suppress])
+                cur.executemany(self.SUPPRESS,
+                                [(suppression_key(email), email, reason, sns_message_id, at)
+                                 for email, reason in suppress])
         return True
 
     def request_candidates(self, request_id: int | None, message_id: str | None
@@ -505,39 +583,55 @@ class Store:
                                 "status = 'Open'", (request_id,))
 
     # -- suppression list ---------------------------------------------------------------------
+    # Every statement goes through addresses.suppression_key: no spelling of an address (case,
+    # Unicode or Punycode domain, NFC or NFD) reaches another row. Everything written here has
+    # scope 'all'; the address is kept as first given, for display.
 
-    def list_suppressions(self, *, limit: int = 100, after: str = "") -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT email, reason, event, created_at FROM suppressions "
-                               "WHERE email > ? ORDER BY email LIMIT ?", (after, limit))
-        return [{"email": e, "reason": r, "event": ev, "createdAt": c} for e, r, ev, c in rows]
+    SUPPRESS = """
+        INSERT INTO suppressions (key, scope, email, reason, event, created_at)
+        VALUES (?1, 'all', ?2, ?3, ?4, ?5)
+        ON CONFLICT (key, scope) DO UPDATE SET
+            reason = excluded.reason, event = excluded.event, created_at = excluded.created_at
+    """
+
+    def list_suppressions(self, *, limit: int = 100, after: str = ""
+                          ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page in key order, and the cursor for the next (None on the last page)."""
+        rows = self.db.execute("SELECT key, email, reason, event, created_at FROM suppressions "
+                               "WHERE key > ? ORDER BY key, scope LIMIT ?", (after, limit)
+                               ).fetchall()
+        page = [{"email": e, "reason": r, "event": ev, "createdAt": c} for _, e, r, ev, c in rows]
+        return page, (str(rows[-1][0]) if len(rows) == limit else None)
 
     def is_suppressed(self, email: str) -> bool:
-        return self.db.execute("SELECT 1 FROM suppressions WHERE email = ?",
-                               (email,)).fetchone() is not None
+        return self.db.execute("SELECT 1 FROM suppressions WHERE key = ? AND scope = 'all'",
+                               (suppression_key(email),)).fetchone() is not None
 
     def add_suppression(self, email: str, reason: str, event: str | None = None) -> None:
         with self._write() as cur:
-            cur.execute("INSERT INTO suppressions (email, reason, event, created_at) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT (email) DO UPDATE SET "
-                        "reason = excluded.reason, event = excluded.event", (email, reason,
-                                                                             event, now_ms()))
+            cur.execute(self.SUPPRESS, (suppression_key(email), email, reason, event, now_ms()))
+
+    # Not a request whose call has started (sending_at): SES has it, it ends as SES answers.
+    STOP_HELD = ("UPDATE requests SET status = 4, error = ?, updated_at = ? "
+                 "WHERE status = 1 AND sending_at IS NULL AND lower(email) = ?")
 
     def stop_suppressed_held(self, suppress: Sequence[tuple[str, str]]) -> int:
         """Stop processing (claimed, unsent) requests to newly suppressed addresses, with the
         reason; the claim already refuses created ones. Walks the status index: only the few
-        rows the sender holds are read. Returns how many were stopped."""
+        rows the sender holds are read, compared by key as the claim does. Returns how many
+        were stopped."""
         at = now_ms()
         with self._write() as cur:
             before = self.db.total_changes()
-            cur.executemany("UPDATE requests SET status = 4, error = ?, updated_at = ? "
-                            "WHERE status = 1 AND sending_at IS NULL "
-                            "AND email = ? COLLATE NOCASE",
-                            [(f"suppressed: {reason}", at, email) for email, reason in suppress])
+            cur.executemany(self.STOP_HELD, [(f"suppressed: {reason}", at,
+                                              suppression_key(email))
+                                             for email, reason in suppress])
             return self.db.total_changes() - before
 
     def remove_suppression(self, email: str) -> bool:
         with self._write() as cur:
-            cur.execute("DELETE FROM suppressions WHERE email = ?", (email,))
+            cur.execute("DELETE FROM suppressions WHERE key = ? AND scope = 'all'",
+                        (suppression_key(email),))
             return self.db.changes() > 0
 
     # -- stats --------------------------------------------------------------------------------

@@ -125,6 +125,11 @@ def test_hot_queries_use_their_indexes(store: Store) -> None:
 
     claim = plan(store.CLAIM, 1, 10)
     assert "requests_due" in claim and "TEMP B-TREE" not in claim  # no sort, no scan
+    # The suppression check per claimed row is one primary-key search on (key, scope): the key
+    # is lower(email), computed by SQLite, never a scan of suppressions or a Python call.
+    assert "SEARCH suppressions USING PRIMARY KEY (key=? AND scope=?)" in claim
+    assert "SCAN suppressions" not in claim
+    assert "USING INDEX requests_due (status=?)" in plan(store.STOP_HELD, "r", 0, "a@example.com")
     assert "COVERING INDEX requests_topic" in plan(store.TOPIC_REQUESTS, "t")
     results = plan(store.TOPIC_RESULTS, "t")
     assert "requests_topic" in results and "results_request" in results

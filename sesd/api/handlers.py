@@ -18,8 +18,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from .. import sns, tracking
-from ..store import now_ms
+from .. import addresses, sns, tracking
+from ..store import NewMessage, now_ms
 from . import schemas
 from .base import (
     CERTS,
@@ -62,27 +62,24 @@ async def post_messages(request: web.Request) -> web.Response:
     if (request.content_length or 0) > settings.max_request_bytes:
         raise ApiError(413, f"request body is larger than {settings.max_request_mb:g} MB")
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 0 < len(key) <= schemas.MAX_IDEMPOTENCY_KEY:
-        raise ApiError(400, f"Idempotency-Key must be 1 to {schemas.MAX_IDEMPOTENCY_KEY} "
-                            "characters")
+    if key is not None:
+        _check_idempotency_key(key)
     raw = await request.read()  # client_max_size cuts chunked bodies off with a 413
-    body_hash = hashlib.sha256(raw).hexdigest()
-    if key is not None and (replay := await _replay(request, key, body_hash)) is not None:
-        return replay
-    try:
-        body = orjson.loads(raw)  # refuses invalid UTF-8 and nesting deeper than 1024
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"invalid JSON: {exc}") from None
+    body_hash = ""
+    if key is not None:
+        body_hash = await asyncio.to_thread(lambda: hashlib.sha256(raw).hexdigest())
+        if (replay := await _replay(request, key, body_hash)) is not None:
+            return replay
     now = now_ms()
-    try:
-        messages = schemas.parse_messages(body, now_ms=now, max_recipients=settings.max_recipients)
-    except schemas.ValidationError as exc:
-        raise ApiError(400, str(exc)) from None
+    # Off the event loop: 20,000 recipients at as many IDN domains take seconds to validate,
+    # and /health, SNS and the pixel must answer meanwhile.
+    messages = await asyncio.to_thread(_parse_messages, raw, now, settings.max_recipients)
     summary = {"count": sum(len(m.emails) for m in messages), "messages": len(messages)}
     idempotency = None if key is None else (key, body_hash, orjson.dumps(summary))
     db = request.app[DB]
     try:
-        count = await db.run(db.store.insert_messages, messages, idempotency=idempotency)
+        count = await db.run(db.store.insert_messages, messages, idempotency=idempotency,
+                             keys_expire_before=now - settings.idempotency_ttl_ms)
     except apsw.ConstraintError:
         # A concurrent request with the same key committed first: answer as its replay.
         if key is not None and (replay := await _replay(request, key, body_hash)) is not None:
@@ -95,12 +92,37 @@ async def post_messages(request: web.Request) -> web.Response:
                           "messages": summary["messages"]})
 
 
+def _check_idempotency_key(key: str) -> None:
+    if not 0 < len(key) <= schemas.MAX_IDEMPOTENCY_KEY:
+        raise ApiError(400, f"Idempotency-Key must be 1 to {schemas.MAX_IDEMPOTENCY_KEY} "
+                            "characters")
+    try:
+        # aiohttp keeps undecodable header bytes as lone surrogates, which SQLite cannot take.
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "Idempotency-Key must be valid UTF-8") from None
+
+
+def _parse_messages(raw: bytes, now: int, max_recipients: int) -> list[NewMessage]:
+    """Decode and validate a POST /v1/messages body (in a worker thread); ApiError 400."""
+    try:
+        body = orjson.loads(raw)  # refuses invalid UTF-8 and nesting deeper than 1024
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"invalid JSON: {exc}") from None
+    try:
+        return schemas.parse_messages(body, now_ms=now, max_recipients=max_recipients)
+    except schemas.ValidationError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
 async def _replay(request: web.Request, key: str, body_hash: str) -> web.Response | None:
     db = request.app[DB]
     found = await db.run(db.store.idempotent_response, key)
     if found is None:
         return None
-    stored_hash, stored = found
+    stored_hash, stored, created_at = found
+    if created_at < now_ms() - request.app[SETTINGS].idempotency_ttl_ms:
+        return None  # expired: the key is free again
     if stored_hash != body_hash:
         raise ApiError(409, "Idempotency-Key was already used with a different body")
     return json_response({**orjson.loads(stored), "elapsed": "0s"},
@@ -290,17 +312,18 @@ async def list_suppressions(request: web.Request) -> web.Response:
         raise ApiError(400, "limit must be a whole number from 1 to 1000")
     limit = int(limit_raw)
     db = request.app[DB]
-    rows = await db.run(db.store.list_suppressions, limit=limit,
-                        after=request.query.get("after", ""))
-    return json_response({"suppressions": rows,
-                          "next": rows[-1]["email"] if len(rows) == limit else None})
+    rows, cursor = await db.run(db.store.list_suppressions, limit=limit,
+                                after=request.query.get("after", ""))
+    return json_response({"suppressions": rows, "next": cursor})
 
 
 async def put_suppression(request: web.Request) -> web.Response:
     require_key(request)
     email = request.match_info["email"].strip()
-    if not schemas.valid_email(email):
-        raise ApiError(400, f"{schemas.quote(email)} is not a valid e-mail address")
+    # Any syntactically valid address, sendable or not (a non-ASCII local part too): the store
+    # keys it with addresses.suppression_key, so every spelling of it is suppressed.
+    if not addresses.valid_syntax(email):
+        raise ApiError(400, f"{addresses.shown(email)} is not a valid e-mail address")
     reason = "manual"
     raw = await request.read()
     if raw.strip():
@@ -321,8 +344,8 @@ async def delete_suppression(request: web.Request) -> web.Response:
     require_key(request)
     db = request.app[DB]
     email = request.match_info["email"].strip()
-    if not await db.run(db.store.remove_suppression, email):
-        raise ApiError(404, f"{schemas.quote(email)} is not suppressed")
+    if not await db.run(db.store.remove_suppression, email):  # any spelling of it
+        raise ApiError(404, f"{addresses.shown(email)} is not suppressed")
     return json_response({"removed": True})
 
 

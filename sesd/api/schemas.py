@@ -7,35 +7,15 @@ import re
 from typing import Any
 
 import orjson
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
+from ..addresses import CONTROL_CHARS, AddressError, canonical_address, key_of_canonical
 from ..store import STATUS_NAMES, NewMessage
 
 MAX_TOPIC_LENGTH = 256
 MAX_SUBJECT_LENGTH = 998  # RFC 5322 line limit: the subject becomes a header
-MAX_ADDRESS_LENGTH = 254  # RFC 5321 path limit, less the angle brackets
-MAX_LOCAL_LENGTH = 64
 MAX_IDEMPOTENCY_KEY = 200
 
-# Control characters never belong in a value that becomes a header (CR/LF would inject headers).
-# C1 controls (NEL \x85 among them) and U+2028/U+2029 are line boundaries too (str.splitlines):
-# the outbox transport refuses them at send time, so refuse them here, before anything is stored.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-# The fast path: a plain ASCII dot-atom local part, LDH domain labels and an alphabetic TLD.
-# email-validator accepts every address it lets through (a hypothesis test keeps it so);
-# anything else (IDN, quoted local parts, Punycode, special-use names such as .test) is decided
-# by email-validator itself. Validating 100,000 addresses through email-validator alone takes
-# seconds; through this regex, tens of milliseconds.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-PLAIN_EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+[A-Za-z]{{2,63}}")
-# Names email-validator refuses or checks further: special-use domains, and labels with "--"
-# in third and fourth place (RFC 5890 reserves them; "xn--" Punycode must decode to valid IDNA).
-_SLOW_DOMAIN = re.compile(
-    r"(?:^|\.)..--|(?:^|\.)(?:{})\Z".format("|".join(map(re.escape, SPECIAL_USE_DOMAIN_NAMES))),
-    re.IGNORECASE)
-
+_CONTROL = CONTROL_CHARS  # no line break or control character in a value that becomes a header
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _HOURS = re.compile(r"[0-9]{1,3}")
 
@@ -47,28 +27,6 @@ class ValidationError(ValueError):
 def quote(value: str, limit: int = 100) -> str:
     """A value shown in an error message: JSON-quoted, cut short."""
     return orjson.dumps(value[:limit] + ("…" if len(value) > limit else "")).decode()
-
-
-def fast_valid_email(address: str) -> bool:
-    """True only for addresses that are plainly valid; False means "ask email-validator"."""
-    if len(address) > MAX_ADDRESS_LENGTH or not PLAIN_EMAIL.fullmatch(address):
-        return False
-    local, _, domain = address.rpartition("@")
-    return len(local) <= MAX_LOCAL_LENGTH and not _SLOW_DOMAIN.search(domain)
-
-
-def valid_email(address: str) -> bool:
-    """email-validator's verdict (no DNS), reached quickly for plain addresses; never anything
-    with a control character or line break."""
-    if fast_valid_email(address):
-        return True
-    if _CONTROL.search(address) or len(address) > MAX_ADDRESS_LENGTH:
-        return False
-    try:
-        validate_email(address, check_deliverability=False)
-    except EmailNotValidError:
-        return False
-    return True
 
 
 def parse_time(value: str) -> dt.datetime:
@@ -98,6 +56,8 @@ def _text(msg: dict[str, Any], field: str, where: str) -> str:
 
 
 def _emails(msg: dict[str, Any], where: str) -> list[str]:
+    """The message's recipients in canonical form, each mailbox once: spellings that share a
+    suppression key (BOB@Example.COM, bob@example.com) are one recipient, the first one kept."""
     emails = msg.get("emails")
     if not isinstance(emails, list) or not emails:
         raise ValidationError(f"{where}.emails must be a non-empty list of addresses")
@@ -105,12 +65,17 @@ def _emails(msg: dict[str, Any], where: str) -> list[str]:
     for i, address in enumerate(emails):
         if not isinstance(address, str):
             raise ValidationError(f"{where}.emails[{i}] must be a string")
-        address = address.strip()
-        if not valid_email(address):
-            raise ValidationError(f"{where}.emails[{i}]: {quote(address)} is not a valid e-mail "
-                                  "address")
-        clean.append(address)
-    return clean
+        try:
+            clean.append(canonical_address(address.strip()))
+        except AddressError as exc:
+            raise ValidationError(f"{where}.emails[{i}]: {exc}") from None
+    keys = list(map(key_of_canonical, clean))
+    if len(set(keys)) == len(keys):  # the usual case, decided at C speed
+        return clean
+    first: dict[str, str] = {}
+    for key, address in zip(keys, clean, strict=True):
+        first.setdefault(key, address)
+    return list(first.values())
 
 
 def _scheduled(msg: dict[str, Any], where: str, now_ms: int) -> int:

@@ -26,8 +26,7 @@ BAD_KEYS = [None, "", "wrong", API_KEY + "x", API_KEY[:-1], API_KEY.upper()]
 @pytest.mark.parametrize(("method", "path"), KEYED_ROUTES)
 async def test_keyed_routes_refuse_missing_or_wrong_key(env: Env, method: str, path: str) -> None:
     assert (await env.post([msg()])).status == 200
-    env.exec("INSERT INTO suppressions (email, reason, created_at) VALUES ('a@example.com', "
-             "'manual', 0)")
+    env.db.add_suppression("a@example.com", "manual")
     before = env.counts()
     for key in BAD_KEYS:
         headers = {} if key is None else {"x-api-key": key}
