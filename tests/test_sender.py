@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 from collections import Counter
@@ -15,18 +16,8 @@ from sesd.config import Settings
 from sesd.messages import Batch, Job
 from sesd.sender.actor import Database, Sender
 from sesd.store import NewMessage, Store, now_ms
-from sesd.testing.ses_standin import SesStandin, StandinConfig, start_standin
+from sesd.testing.ses_standin import SesStandin
 from sesd.transports.ses import SesTransport
-
-
-@pytest.fixture
-async def standin(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SesStandin]:
-    s, runner, url = await start_standin(StandinConfig())
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    yield s
-    await runner.cleanup()
 
 
 def settings(tmp_path: Path, **changes: object) -> Settings:
@@ -36,7 +27,11 @@ def settings(tmp_path: Path, **changes: object) -> Settings:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-async def run_sender(s: Settings, n: int, html: str = "<p>hi</p>") -> tuple[Sender, Store]:
+@contextlib.asynccontextmanager
+async def running_sender(s: Settings, n: int,
+                         html: str = "<p>hi</p>") -> AsyncIterator[tuple[Sender, Store]]:
+    """A Sender running on n claimed recipients of one message; stopped (drained, its outcomes
+    written) when the block ends."""
     store = Store(s.db_path)
     store.insert_messages([NewMessage("t", [f"u{i}@example.com" for i in range(n)], "Subj", html,
                                       now_ms())])
@@ -47,14 +42,22 @@ async def run_sender(s: Settings, n: int, html: str = "<p>hi</p>") -> tuple[Send
     sender = Sender(s, db, transport, work=None, credits=None, tracking_key="k" * 32)
     sender.receive(Batch([Job(*j) for j in claimed.jobs], store.contents({claimed.jobs[0][2]})))
     task = asyncio.create_task(sender.run())
-    for _ in range(600):
-        await asyncio.sleep(0.05)
-        if not sender.pending and not sender.retries and not sender.inflight:
-            break
-    sender.request_stop()
-    await task
-    await transport.close()
-    db.close()
+    try:
+        yield sender, store
+    finally:
+        sender.request_stop()
+        await task
+        await transport.close()
+        db.close()
+
+
+async def run_sender(s: Settings, n: int, html: str = "<p>hi</p>") -> tuple[Sender, Store]:
+    """Run a Sender until it has nothing left to do."""
+    async with running_sender(s, n, html) as (sender, store):
+        for _ in range(600):
+            await asyncio.sleep(0.05)
+            if not sender.pending and not sender.retries and not sender.inflight:
+                break
     return sender, store
 
 
@@ -107,21 +110,8 @@ async def test_gives_up_after_max_attempts(tmp_path: Path, standin: SesStandin,
 
 async def test_stop_hands_back_unstarted_work(tmp_path: Path, standin: SesStandin) -> None:
     s = settings(tmp_path, email_rate=10, max_concurrent=2)
-    store = Store(s.db_path)
-    store.insert_messages([NewMessage("t", [f"u{i}@example.com" for i in range(100)], "S", "H",
-                                      now_ms())])
-    claimed = store.claim_due(100)
-    db = Database(lambda: Store(s.db_path))
-    transport = SesTransport(s)
-    await transport.start()
-    sender = Sender(s, db, transport, work=None, credits=None, tracking_key="k" * 32)
-    sender.receive(Batch([Job(*j) for j in claimed.jobs], store.contents({claimed.jobs[0][2]})))
-    task = asyncio.create_task(sender.run())
-    await asyncio.sleep(0.5)
-    sender.request_stop()
-    await task
-    await transport.close()
-    db.close()
+    async with running_sender(s, 100) as (_, store):
+        await asyncio.sleep(0.5)
     counts = statuses(store)
     assert counts.get(1, 0) == 0  # nothing left processing
     assert counts[2] == len(standin.sends) and counts[0] == 100 - counts[2]
