@@ -11,20 +11,22 @@ however large the backlog.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-import psutil
+from common import ProcMonitor, Service, Standin, add_common, parse_env, table, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from sesd.store import NewMessage, Store, now_ms
 
-from bench.common import Standin  # noqa: E402
-from sesd.store import NewMessage, Store, now_ms  # noqa: E402
-from tests.service import Service  # noqa: E402
+
+def fill(store: Store, rows: int) -> None:
+    for start in range(0, rows, 100_000):
+        n = min(100_000, rows - start)
+        store.insert_messages([NewMessage("backlog", [f"u{start + i}@example.com"
+                                                      for i in range(n)], "S", "<p>x</p>",
+                                          now_ms())])
+        print(f"\rfilled {start + n:,}/{rows:,}", end="", file=sys.stderr)
+    print(file=sys.stderr)
 
 
 def main() -> int:
@@ -32,48 +34,34 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--rate", default="500")
+    parser.add_argument("--rate", default="500", help="EMAIL_RATE (default: %(default)s)")
+    add_common(parser, runs=None, plot=False)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "app.db")
-        for start in range(0, args.rows, 100_000):
-            n = min(100_000, args.rows - start)
-            store.insert_messages([NewMessage("backlog", [f"u{start + i}@example.com"
-                                                          for i in range(n)], "S", "<p>x</p>",
-                                              now_ms())])
-            print(f"\rfilled {start + n:,}/{args.rows:,}", end="", file=sys.stderr)
-        store.close()
-        print(file=sys.stderr)
-        standin = Standin()
-        service = Service(Path(tmp), {**standin.env(), "EMAIL_RATE": args.rate,
-                                      "LOG_LEVEL": "warning"}).start()
-        peaks: dict[str, float] = {}
+    with Standin() as standin:
+        svc = Service(env={**standin.env(), "EMAIL_RATE": args.rate, "LOG_LEVEL": "warning",
+                           **parse_env(args.env)}, keep=args.keep)
         try:
-            assert service.proc is not None
-            root = psutil.Process(service.proc.pid)
+            store = Store(svc.db_path)
+            fill(store, args.rows)
+            store.close()
+            svc.start()
+            mon = ProcMonitor(lambda: svc.proc.pid if svc.proc else None, interval=1.0)
+            mon.start()
             for second in range(args.seconds):
-                for proc in [root, *root.children()]:
-                    try:
-                        role = proc.name() if "sesd" in proc.name() else " ".join(proc.cmdline())
-                        rss = proc.memory_info().rss / 2**20
-                    except psutil.Error:
-                        continue
-                    peaks[role] = max(peaks.get(role, 0.0), rss)
                 print(f"\r{second + 1}/{args.seconds} s", end="", file=sys.stderr)
                 time.sleep(1)
-            sent = service.statuses().get(2, 0)
+            mon.stop()
+            sent = svc.statuses().get(2, 0)
         finally:
-            service.kill()
-            standin.close()
+            svc.close()
+    peaks = {role: round(rss / 2**20, 1) for role, rss in sorted(mon.peak_rss.items())}
+    path = write_results("backlog_memory", {"rows": args.rows, "rate": args.rate,
+                                            "sent": sent, "peak_rss_mb": peaks})
     print(f"\nbacklog {args.rows:,}, EMAIL_RATE={args.rate}, sent during the run: {sent:,}")
-    print(f"{'process':<22}{'peak RSS MB':>12}")
-    for role, mb in sorted(peaks.items()):
-        print(f"{role:<22}{mb:>12.1f}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"backlog_memory-{int(time.time())}.json").write_text(
-        json.dumps({"rows": args.rows, "rate": args.rate, "sent": sent, "peak_rss_mb": peaks},
-                   indent=2))
+    # "starting": a child sampled before it had set its title (its role is sampled after).
+    print(table([{"process": role, "peak_rss_mb": mb} for role, mb in peaks.items()
+                 if role != "starting"]))
+    print(f"results: {path}")
     return 0
 
 

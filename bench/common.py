@@ -1,23 +1,15 @@
-"""Shared pieces of the load scripts: the SES stand-in and sesd as subprocesses, process metrics
-(CPU seconds, RSS per role), percentiles, plots and result files."""
+"""Shared pieces of the load scripts: process metrics (CPU seconds, RSS per role), percentiles,
+plots, result files and the flags most scripts take. sesd and the SES stand-in run as subprocesses
+through sesd.testing.harness, the same harness the tests use."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,176 +17,20 @@ from typing import Any
 import psutil
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from sesd.testing.harness import API_KEY, Service, Standin, free_port, role_of
 
-from tests import service  # noqa: E402  (after the path is set: the shared subprocess wrappers)
+__all__ = ["API_KEY", "Service", "Standin", "free_port"]  # the harness, for the scripts
 
-RESULTS = ROOT / "bench" / "results"
-API_KEY = "bench-key-0123456789"
+RESULTS = Path(__file__).resolve().parent / "results"
 FAR_FUTURE = "2099-01-01T00:00:00Z"
 HTML = "<html><body><p>Hello from the bench</p></body></html>"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None,
-         timeout: float = 120.0) -> tuple[int, Any]:
-    """One blocking HTTP call; JSON bodies are encoded/decoded, bytes pass through."""
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw, ctype, status = resp.read(), resp.headers.get("Content-Type", ""), resp.status
-    except urllib.error.HTTPError as err:
-        raw, ctype, status = err.read(), err.headers.get("Content-Type", ""), err.code
-    return status, (json.loads(raw) if "json" in ctype and raw else raw)
-
-
-class Standin(service.Standin):
-    """The tests' stand-in wrapper, plus a compact copy of its send log: `arrivals` holds
-    (t epoch seconds, recipients, request id or None), one per accepted send."""
-
-    def __init__(self, *args: str) -> None:
-        super().__init__(*args)
-        assert self.proc.stdout is not None
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drain it
-        self.arrivals: list[tuple[float, int, str | None]] = []
-        self._next = 0
-
-    def reset(self) -> None:
-        http("POST", self.url + "/_standin/reset", b"")
-        self.arrivals.clear()
-        self._next = 0
-
-    def counters(self) -> dict[str, int]:
-        return dict(http("GET", self.url + "/_standin/log?since=999999999999")[1]["counters"])
-
-    def fetch(self) -> dict[str, int]:
-        """Pull the sends logged since the last call into `arrivals`; returns the counters."""
-        page = http("GET", f"{self.url}/_standin/log?since={self._next}")[1]
-        for s in page["sends"]:
-            n = len(s.get("to") or ()) + len(s.get("cc") or ()) + len(s.get("bcc") or ())
-            self.arrivals.append((float(s["t"]), n, s.get("request_id")))
-        self._next = int(page["next"])
-        return dict(page["counters"])
-
-
-class Sesd:
-    """`python run.py` with its own temporary directory, database, port and log file."""
-
-    def __init__(self, env: Mapping[str, str], keep: bool = False) -> None:
-        self.workdir = Path(tempfile.mkdtemp(prefix="sesd-bench-"))
-        self.keep = keep
-        self.port = free_port()
-        self.db_path = self.workdir / "app.db"
-        self.log_path = self.workdir / "sesd.log"
-        self.env = {"PATH": os.environ.get("PATH", ""), "HOME": str(self.workdir),
-                    "API_KEY": API_KEY, "DB_PATH": str(self.db_path),
-                    "SERVER_PORT": str(self.port), "SERVER_BIND": "127.0.0.1",
-                    "SERVER_HOST": f"http://127.0.0.1:{self.port}", "LOG_FORMAT": "json",
-                    "EMAIL_TRANSPORT": "outbox", **env}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> Sesd:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, str(ROOT / "run.py")], cwd=self.workdir,
-                                         env={**self.env, "PYTHONPATH": str(ROOT)},
-                                         stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sesd exited {self.proc.returncode}:\n{self.tail()}")
-            with contextlib.suppress(OSError):
-                if self.request("GET", "/health", timeout=2)[0] == 200:
-                    return self
-            time.sleep(0.05)
-        raise TimeoutError(f"sesd not healthy after {timeout}s:\n{self.tail()}")
-
-    def tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def request(self, method: str, path: str, body: Any = None, *, auth: bool = True,
-                timeout: float = 300.0) -> tuple[int, Any]:
-        return http(method, self.url + path, body, {"x-api-key": API_KEY} if auth else None,
-                    timeout)
-
-    def pids(self) -> dict[str, int]:
-        health = self.request("GET", "/health", timeout=5)[1]
-        return {role: int(p["pid"]) for role, p in health["processes"].items()}
-
-    def statuses(self) -> dict[int, int]:
-        import apsw
-
-        conn = apsw.Connection(str(self.db_path), flags=apsw.SQLITE_OPEN_READONLY)
-        conn.set_busy_timeout(10_000)
-        try:
-            return {int(s): int(n) for s, n in
-                    conn.execute("SELECT status, COUNT(*) FROM requests GROUP BY status")}
-        finally:
-            conn.close()
-
-    def query(self, sql: str, bindings: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        import apsw
-
-        conn = apsw.Connection(str(self.db_path), flags=apsw.SQLITE_OPEN_READONLY)
-        conn.set_busy_timeout(10_000)
-        try:
-            return [tuple(r) for r in conn.execute(sql, bindings)]
-        finally:
-            conn.close()
-
-    def wait_terminal(self, total: int, timeout: float, desc: str = "terminal") -> dict[int, int]:
-        deadline = time.monotonic() + timeout
-        counts: dict[int, int] = {}
-        with progress(total, desc) as bar:
-            while time.monotonic() < deadline:
-                counts = self.statuses()
-                done = sum(counts.get(s, 0) for s in (2, 3, 4))
-                bar.update(done - bar.n)
-                if done >= total:
-                    return counts
-                time.sleep(0.2)
-        raise TimeoutError(f"not terminal after {timeout}s: {counts}\n{self.tail()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-    def close(self) -> None:
-        self.stop()
-        if not self.keep:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def role_of(p: psutil.Process) -> str | None:
-    """`sesd: <role>` from setproctitle; None while a child has not set its title yet."""
-    cmd = " ".join(p.cmdline())
-    if cmd.startswith("sesd: "):
-        return cmd[6:].split()[0]
-    if "resource_tracker" in cmd:
-        return "resource_tracker"
-    if cmd.endswith("run.py"):
-        return "supervisor"
-    return None
+def wait_terminal(svc: Service, total: int, timeout: float,
+                  desc: str = "terminal") -> dict[int, int]:
+    """Service.wait_terminal with a progress bar on stderr."""
+    with progress(total, desc) as bar:
+        return svc.wait_terminal(total, timeout, progress=lambda done: bar.update(done - bar.n))
 
 
 class ProcMonitor(threading.Thread):
@@ -228,7 +64,7 @@ class ProcMonitor(threading.Thread):
                     known = (p, None)
                     self.cpu_base[p.pid] = 0.0
                 proc, role = known
-                role = role or role_of(proc)
+                role = role or role_of(proc.cmdline())
                 self.procs[p.pid] = (proc, role)
                 with proc.oneshot():
                     cpu = proc.cpu_times()
@@ -395,10 +231,14 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def add_common(p: argparse.ArgumentParser, runs: int = 1) -> None:
-    p.add_argument("--runs", type=int, default=runs, help="repeat and report medians "
-                   "(default: %(default)s)")
+def add_common(p: argparse.ArgumentParser, runs: int | None = 1, plot: bool = True) -> None:
+    """--env and --keep (every script that starts sesd); --runs unless `runs` is None; --no-plot
+    where the script draws one."""
+    if runs is not None:
+        p.add_argument("--runs", type=int, default=runs, help="repeat and report medians "
+                       "(default: %(default)s)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for sesd (repeatable), e.g. LOG_LEVEL=warning")
     p.add_argument("--keep", action="store_true", help="keep sesd's temporary directories")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    if plot:
+        p.add_argument("--no-plot", action="store_true", help="skip the PNG")

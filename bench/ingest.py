@@ -20,7 +20,7 @@ from common import (
     API_KEY,
     FAR_FUTURE,
     ProcMonitor,
-    Sesd,
+    Service,
     add_common,
     emails,
     median,
@@ -33,7 +33,7 @@ from common import (
 )
 
 
-def big_posts(svc: Sesd, size: int, runs: int) -> dict[str, Any]:
+def big_posts(svc: Service, size: int, runs: int) -> dict[str, Any]:
     latencies = []
     for i in range(runs):
         body = json.dumps({"messages": [message(f"big-{size}-{i}", emails(size, f"b{i}x"),
@@ -93,10 +93,10 @@ def main() -> int:
     p.add_argument("--per-request", type=int, default=10, help="recipients per small request")
     p.add_argument("--requests-per-client", type=int, default=20,
                    help="small requests each client sends one after another")
-    add_common(p, runs=5)
+    add_common(p, runs=5, plot=False)
     args = p.parse_args()
     env = {"EMAIL_TRANSPORT": "outbox", **parse_env(args.env)}
-    svc = Sesd(env, keep=args.keep).start()
+    svc = Service(env=env, keep=args.keep).start()
     rows: list[dict[str, Any]] = []
     try:
         assert svc.proc is not None

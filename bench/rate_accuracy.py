@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from common import (
-    Sesd,
+    Service,
     Standin,
     add_common,
     emails,
@@ -27,6 +27,7 @@ from common import (
     progress,
     stamp,
     table,
+    wait_terminal,
     write_results,
 )
 
@@ -36,7 +37,7 @@ def one_run(rate: float, n: int, args: argparse.Namespace) -> dict[str, Any]:
                       "--max-send-rate-reported", str(rate))
     env = {**standin.env(), "EMAIL_RATE": str(rate), "EMAIL_BULK": args.bulk,
            **parse_env(args.env)}
-    svc = Sesd(env, keep=args.keep)
+    svc = Service(env=env, keep=args.keep)
     try:
         svc.start()
         t0 = time.time()
@@ -54,7 +55,7 @@ def one_run(rate: float, n: int, args: argparse.Namespace) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{bar.n}/{n} sent at {rate}/s\n{svc.tail()}")
                 time.sleep(0.25)
-        counts = svc.wait_terminal(n, 60, "recorded")
+        counts = wait_terminal(svc, n, 60, "recorded")
         counters = standin.fetch()
         times = sorted(t for t, _, _ in standin.arrivals)
         span = times[-1] - times[0]

@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 from common import (
     FAR_FUTURE,
-    Sesd,
+    Service,
     add_common,
     emails,
     free_port,
@@ -107,8 +107,9 @@ async def hammer(n: int, concurrency: int, desc: str,
             "status_counts": {str(k): v for k, v in codes.items()}}
 
 
-async def measure(args: argparse.Namespace, svc: Sesd, ids: list[int], tracking_key: str,
-                  key: rsa.RSAPrivateKey, cert_pem: bytes, cert_port: int) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, svc: Service, ids: list[int],
+                  tracking_key: str, key: rsa.RSAPrivateKey, cert_pem: bytes,
+                  cert_port: int) -> dict[str, Any]:
     app = web.Application()
     app.router.add_get("/SimpleNotificationService-bench.pem",
                        lambda _: web.Response(body=cert_pem, content_type="text/plain"))
@@ -153,7 +154,7 @@ def main() -> int:
     p.add_argument("--opens", type=int, default=20000, help="pixel GETs per run")
     p.add_argument("--concurrency", type=int, default=50, help="client concurrency")
     p.add_argument("--requests", type=int, default=1000, help="requests the events refer to")
-    add_common(p)
+    add_common(p, plot=False)
     args = p.parse_args()
     cert_port = free_port()
     tracking_key = secrets.token_urlsafe(32)
@@ -161,7 +162,7 @@ def main() -> int:
            "SNS_CERT_URL_PATTERN": rf"^http://127\.0\.0\.1:{cert_port}/", **parse_env(args.env)}
     print("generating an RSA key and a self-signed certificate", file=sys.stderr)
     key, cert_pem = key_and_cert()
-    svc = Sesd(env, keep=args.keep).start()
+    svc = Service(env=env, keep=args.keep).start()
     try:
         status, resp = svc.request("POST", "/v1/messages", {"messages": [
             message("results", emails(args.requests), FAR_FUTURE)]})

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from common import (
-    Sesd,
+    Service,
     Standin,
     add_common,
     emails,
@@ -26,6 +26,7 @@ from common import (
     rfc3339,
     stamp,
     table,
+    wait_terminal,
     write_results,
 )
 
@@ -33,7 +34,7 @@ from common import (
 def one_run(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
     standin = Standin("--latency-ms", str(args.latency_ms))
     env = {**standin.env(), "EMAIL_RATE": str(args.rate), **parse_env(args.env)}
-    svc = Sesd(env, keep=args.keep)
+    svc = Service(env=env, keep=args.keep)
     try:
         svc.start()
         due: dict[str, float] = {}  # topic -> scheduledAt (epoch s, ms precision)
@@ -50,7 +51,7 @@ def one_run(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
                 raise RuntimeError(f"POST answered {status}: {resp!r}")
             due[topic] = at
         total = args.batches * args.batch_size
-        svc.wait_terminal(total, args.max_ahead + args.spread + 60, "sent")
+        wait_terminal(svc, total, args.max_ahead + args.spread + 60, "sent")
         counters = standin.fetch()
         rows = svc.query("SELECT id, topic_id FROM requests")
         topic_of = {str(rid): topic for rid, topic in rows}

@@ -16,7 +16,7 @@ from typing import Any
 from common import (
     HTML,
     ProcMonitor,
-    Sesd,
+    Service,
     Standin,
     add_common,
     emails,
@@ -28,6 +28,7 @@ from common import (
     progress,
     stamp,
     table,
+    wait_terminal,
     write_results,
 )
 
@@ -97,7 +98,7 @@ def run_sesd(standin: Standin, args: argparse.Namespace, bulk: bool) -> dict[str
     standin.reset()
     env = {**standin.env(), "EMAIL_RATE": "0", "MAX_CONCURRENT": str(args.concurrency),
            "EMAIL_BULK": "true" if bulk else "false", **parse_env(args.env)}
-    svc = Sesd(env, keep=args.keep).start()
+    svc = Service(env=env, keep=args.keep).start()
     try:
         assert svc.proc is not None
         mon = ProcMonitor(lambda: svc.proc.pid if svc.proc else None)
@@ -118,7 +119,7 @@ def run_sesd(standin: Standin, args: argparse.Namespace, bulk: bool) -> dict[str
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"only {done}/{args.n} sent\n{svc.tail()}")
                 time.sleep(0.05)
-        counts = svc.wait_terminal(args.n, args.timeout, "recorded")
+        counts = wait_terminal(svc, args.n, args.timeout, "recorded")
         mon.stop()
         counters = standin.fetch()
         t_last = max(t for t, _, _ in standin.arrivals)

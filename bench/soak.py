@@ -18,18 +18,17 @@ import time
 from collections import Counter
 from typing import Any
 
-import psutil
 from common import (
     ProcMonitor,
-    Sesd,
+    Service,
     Standin,
+    add_common,
     median,
     message,
     parse_env,
     peak_window_at,
     png_path,
     rfc3339,
-    role_of,
     stamp,
     table,
     write_results,
@@ -43,8 +42,8 @@ class Soak:
         self.standin = Standin("--error-rate", str(args.error_rate), "--throttle-rate",
                                str(args.throttle_rate), "--latency-ms", str(args.latency_ms),
                                "--seed", str(args.seed), "--max-send-rate-reported", str(args.rate))
-        self.svc = Sesd({**self.standin.env(), "EMAIL_RATE": str(args.rate),
-                         "SHUTDOWN_GRACE": "5", **parse_env(args.env)}, keep=args.keep)
+        self.svc = Service(env={**self.standin.env(), "EMAIL_RATE": str(args.rate),
+                                "SHUTDOWN_GRACE": "5", **parse_env(args.env)}, keep=args.keep)
         self.posts: list[tuple[str, int, str]] = []  # (topic, size, "ok" | "refused" | "error")
         self.kills: list[tuple[float, str, int]] = []
         self.stop = threading.Event()
@@ -75,15 +74,17 @@ class Soak:
                     self.svc.proc.wait()
                     self.restart()
                 continue
-            try:
-                kids = {role_of(c): c for c in psutil.Process(self.svc.proc.pid).children()}
-            except psutil.Error:
-                continue
+            kids = self.svc.children()  # by process title: /health may be down
             role = self.rng.choice([r for r in ("api", "scheduler", "sender") if r in kids]
                                    or ["none"])
-            if role != "none":
-                self.kills.append((time.time(), role, kids[role].pid))
-                os.kill(kids[role].pid, signal.SIGKILL)
+            if role == "none":
+                continue
+            at = time.time()
+            try:
+                os.kill(kids[role], signal.SIGKILL)
+            except ProcessLookupError:
+                continue  # it died meanwhile: not a kill of ours
+            self.kills.append((at, role, kids[role]))
 
     def restart(self) -> None:
         for _ in range(20):
@@ -227,10 +228,7 @@ def main() -> int:
     p.add_argument("--max-rss-growth-mb", type=float, default=None,
                    help="also fail if a role's RSS grew more than this (late vs early)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for sesd (repeatable)")
-    p.add_argument("--keep", action="store_true", help="keep sesd's temporary directory")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_common(p, runs=None)
     args = p.parse_args()
     soak, ts = Soak(args), stamp()
     try:

@@ -10,17 +10,15 @@ Delivery result each, some opens), then times the store queries behind the stats
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import write_results
 
-from sesd.store import NewMessage, Store, now_ms  # noqa: E402
+from sesd.store import NewMessage, Store, now_ms
 
 
 def build(store: Store, rows: int, topics: int) -> None:
@@ -86,10 +84,7 @@ def main() -> int:
             print(f"{key[:-3]:<22}{value:>12.2f}")
     for name, plan in plans.items():
         print(f"plan {name}: {' | '.join(plan)}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"stats-{int(time.time())}.json").write_text(json.dumps({**results, "plans": plans},
-                                                                   indent=2))
+    print(f"results: {write_results('stats', {**results, 'plans': plans})}")
     return 0
 
 

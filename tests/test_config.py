@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from sesd import config
 from sesd.config import DEFAULT_SNS_CERT_URL_PATTERN, Settings, load, read_environment
 from sesd.errors import ConfigError
+from sesd.testing.harness import Service
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SES_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"}
@@ -197,23 +196,16 @@ def test_missing_dotenv_file_is_fine(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert read_environment()["ENV"] == "staging"
 
 
-def test_bad_configuration_stops_run_py_with_one_line(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EMAIL_"))}
-    env.update({"EMAIL_RATE": "abc", "DB_PATH": str(tmp_path / "app.db")})
-    proc = subprocess.run(
-        [sys.executable, "run.py"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+@pytest.mark.slow
+def test_bad_configuration_stops_run_py_with_one_line(spawn_sesd: Callable[..., Service]) -> None:
+    sesd = spawn_sesd({"EMAIL_RATE": "abc"}, start=False)
+    proc = sesd.run(timeout=60)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("sesd: configuration error: EMAIL_RATE: ")
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert not (tmp_path / "app.db").exists()
+    assert not sesd.db_path.exists()
 
 
 EXAMPLE = REPO_ROOT / "config" / "sesd.env.example"

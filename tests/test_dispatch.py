@@ -7,26 +7,26 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from .service import Service, Standin, messages
+from sesd.testing.harness import Service, Standin, messages
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def standin() -> Iterator[Standin]:
-    s = Standin()
-    yield s
-    s.close()
+def standin(spawn_standin: Callable[..., Standin]) -> Standin:
+    """Here the stand-in runs as a subprocess, as sesd's SES."""
+    return spawn_standin()
 
 
-def start(tmp_path: Path, standin: Standin, **env: str) -> Service:
-    return Service(tmp_path, {**standin.env(), **env}).start()
+@pytest.fixture
+def start(standin: Standin, spawn_sesd: Callable[..., Service]) -> Callable[..., Service]:
+    """Start sesd pointed at the stand-in, with extra settings as keywords."""
+    return lambda **env: spawn_sesd({**standin.env(), **env})
 
 
 def post(service: Service, topic: str, n: int, **extra: Any) -> list[str]:
@@ -51,81 +51,70 @@ def sustained_rate(log: dict[str, Any]) -> float:
 @pytest.mark.parametrize(("rate", "total", "bulk"), [(14, 70, "true"), (200, 2000, "true"),
                                                       (200, 2000, "false"),
                                                       (1000, 4000, "true")])
-def test_exact_rate_no_throttles(tmp_path: Path, standin: Standin, rate: int, total: int,
-                                 bulk: str) -> None:
+def test_exact_rate_no_throttles(standin: Standin, start: Callable[..., Service], rate: int,
+                                 total: int, bulk: str) -> None:
     standin.configure(max_rate=rate)
-    service = start(tmp_path, standin, EMAIL_RATE=str(rate), EMAIL_BULK=bulk)
-    try:
-        post(service, "rate", total)
-        assert service.wait_terminal(total, timeout=total / rate + 30) == {2: total}
-        log = standin.log()
-        assert log["counters"]["throttled"] == 0
-        assert log["counters"]["peak_window"] <= rate
-        per_request = sends_per_request(log)
-        assert len(per_request) == total and set(per_request.values()) == {1}
-        assert sustained_rate(log) >= 0.99 * rate
-    finally:
-        service.kill()
+    service = start(EMAIL_RATE=str(rate), EMAIL_BULK=bulk)
+    post(service, "rate", total)
+    assert service.wait_terminal(total, timeout=total / rate + 30) == {2: total}
+    log = standin.log()
+    assert log["counters"]["throttled"] == 0
+    assert log["counters"]["peak_window"] <= rate
+    per_request = sends_per_request(log)
+    assert len(per_request) == total and set(per_request.values()) == {1}
+    assert sustained_rate(log) >= 0.99 * rate
 
 
-def test_faults_retried_and_rejections_failed(tmp_path: Path, standin: Standin) -> None:
+def test_faults_retried_and_rejections_failed(standin: Standin,
+                                              start: Callable[..., Service]) -> None:
     standin.configure(error_rate=0.1, throttle_rate=0.05, reject_pattern=r"^faults-1\d@",
                       seed=7)
-    service = start(tmp_path, standin, EMAIL_RATE="0", MAX_ATTEMPTS="12")
-    try:
-        post(service, "faults", 200)
-        counts = service.wait_terminal(200, timeout=150)
-        assert counts == {2: 190, 3: 10}
-        per_request = sends_per_request(standin.log())
-        assert set(per_request.values()) == {1}  # failed attempts were never accepted
-        with service.db() as db:
-            errors = [row[0] for row in db.execute("SELECT error FROM requests WHERE status=3")]
-        assert all(e.startswith(("MessageRejected", "MESSAGE_REJECTED")) for e in errors), errors
-        assert any(e.get("event") == "retrying" for e in service.log_events())
-    finally:
-        service.kill()
+    service = start(EMAIL_RATE="0", MAX_ATTEMPTS="12")
+    post(service, "faults", 200)
+    counts = service.wait_terminal(200, timeout=150)
+    assert counts == {2: 190, 3: 10}
+    per_request = sends_per_request(standin.log())
+    assert set(per_request.values()) == {1}  # failed attempts were never accepted
+    errors = [row[0] for row in service.query("SELECT error FROM requests WHERE status=3")]
+    assert all(e.startswith(("MessageRejected", "MESSAGE_REJECTED")) for e in errors), errors
+    assert any(e.get("event") == "retrying" for e in service.log_events())
 
 
-def test_scheduled_batch_leaves_on_time(tmp_path: Path, standin: Standin) -> None:
-    service = start(tmp_path, standin, EMAIL_RATE="0")
-    try:
-        at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=3)
-        post(service, "later", 50, scheduledAt=at.isoformat())
-        service.wait_terminal(50, timeout=20)
-        times = sorted(s["t"] for s in standin.log()["sends"])
-        assert times[0] >= at.timestamp()
-        assert times[-1] <= at.timestamp() + 1.0
-    finally:
-        service.kill()
+def test_scheduled_batch_leaves_on_time(standin: Standin, start: Callable[..., Service]) -> None:
+    service = start(EMAIL_RATE="0")
+    at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=3)
+    post(service, "later", 50, scheduledAt=at.isoformat())
+    service.wait_terminal(50, timeout=20)
+    times = sorted(s["t"] for s in standin.log()["sends"])
+    assert times[0] >= at.timestamp()
+    assert times[-1] <= at.timestamp() + 1.0
 
 
 @pytest.mark.parametrize("role", ["sender", "scheduler"])
-def test_sigkill_mid_run_loses_nothing(tmp_path: Path, standin: Standin, role: str) -> None:
+def test_sigkill_mid_run_loses_nothing(standin: Standin, start: Callable[..., Service],
+                                       role: str) -> None:
     concurrency = 20
     standin.configure(latency_ms=20)
-    service = start(tmp_path, standin, EMAIL_RATE="500", MAX_CONCURRENT=str(concurrency),
-                    EMAIL_BULK="false")
-    try:
-        post(service, "crash", 3000)
-        while service.statuses().get(2, 0) < 800:
-            time.sleep(0.05)
-        os.kill(service.pids()[role], signal.SIGKILL)
-        assert service.wait_terminal(3000, timeout=90) == {2: 3000}
-        per_request = sends_per_request(standin.log())
-        assert len(per_request) == 3000
-        duplicates = sum(n - 1 for n in per_request.values())
-        # Only calls in flight when the process died, or answered but not yet written back
-        # (outcomes are written every 25 ms; 50 ms of sends at 500/s allows for a busy box),
-        # can have gone out twice.
-        assert duplicates <= concurrency + 25
-        health = service.wait_healthy()
-        assert health["processes"][role]["restarts"] == 1
-    finally:
-        service.kill()
+    service = start(EMAIL_RATE="500", MAX_CONCURRENT=str(concurrency), EMAIL_BULK="false")
+    post(service, "crash", 3000)
+    while service.statuses().get(2, 0) < 800:
+        time.sleep(0.05)
+    os.kill(service.pids()[role], signal.SIGKILL)
+    assert service.wait_terminal(3000, timeout=90) == {2: 3000}
+    per_request = sends_per_request(standin.log())
+    assert len(per_request) == 3000
+    duplicates = sum(n - 1 for n in per_request.values())
+    # Only calls in flight when the process died, or answered but not yet written back
+    # (outcomes are written every 25 ms; 50 ms of sends at 500/s allows for a busy box),
+    # can have gone out twice.
+    assert duplicates <= concurrency + 25
+    health = service.wait_healthy()
+    assert health["processes"][role]["restarts"] == 1
 
 
-def test_sigterm_mid_run_then_restart_no_duplicates(tmp_path: Path, standin: Standin) -> None:
-    service = start(tmp_path, standin, EMAIL_RATE="300", EMAIL_BULK="false")
+def test_sigterm_mid_run_then_restart_no_duplicates(standin: Standin,
+                                                    start: Callable[..., Service]) -> None:
+    service = start(EMAIL_RATE="300", EMAIL_BULK="false")
     post(service, "term", 1500)
     while service.statuses().get(2, 0) < 300:
         time.sleep(0.05)
@@ -134,21 +123,15 @@ def test_sigterm_mid_run_then_restart_no_duplicates(tmp_path: Path, standin: Sta
     assert time.monotonic() - started < 5 + 5
     assert 2 in service.statuses() and 1 not in service.statuses()  # nothing left processing
     service.start()
-    try:
-        assert service.wait_terminal(1500, timeout=60) == {2: 1500}
-        per_request = sends_per_request(standin.log())
-        assert len(per_request) == 1500 and set(per_request.values()) == {1}
-    finally:
-        service.kill()
+    assert service.wait_terminal(1500, timeout=60) == {2: 1500}
+    per_request = sends_per_request(standin.log())
+    assert len(per_request) == 1500 and set(per_request.values()) == {1}
 
 
-def test_sending_paused_holds_everything(tmp_path: Path, standin: Standin) -> None:
+def test_sending_paused_holds_everything(standin: Standin, start: Callable[..., Service]) -> None:
     standin.configure(paused=True)
-    service = start(tmp_path, standin, EMAIL_RATE="0")
-    try:
-        post(service, "paused", 20)
-        time.sleep(2)
-        assert 3 not in service.statuses()  # nothing burnt into failures
-        assert any("paused" in str(e.get("event")) for e in service.log_events())
-    finally:
-        service.kill()
+    service = start(EMAIL_RATE="0")
+    post(service, "paused", 20)
+    time.sleep(2)
+    assert 3 not in service.statuses()  # nothing burnt into failures
+    assert any("paused" in str(e.get("event")) for e in service.log_events())

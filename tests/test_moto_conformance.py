@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ from sesd.config import Settings
 from sesd.errors import BulkUnsupportedError, IdentityNotVerifiedError
 from sesd.transports import PIXEL_PLACEHOLDER, BulkEntry, Email
 from sesd.transports.ses import SesTransport
+
+# moto's server is a subprocess, started once for the module.
+pytestmark = pytest.mark.slow
 
 SENDER = "sender@example.com"
 REGION = "us-east-1"
@@ -94,17 +97,8 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
 
 
 @pytest_asyncio.fixture
-async def moto(
-    moto_server: Moto, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> AsyncIterator[Moto]:
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", moto_server.url)
+async def moto(moto_server: Moto, aws_env: Callable[[str], None]) -> AsyncIterator[Moto]:
+    aws_env(moto_server.url)
     await moto_server.reset()
     # Verify the sender the way an operator would, with a plain client.
     async with AioSession().create_client("sesv2", region_name=REGION) as client:

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from openapi_spec_validator import validate
 
 from sesd.api.app import create_app
 from sesd.config import Settings
-from tests.service import API_KEY, Service
+from sesd.testing.harness import API_KEY, Service
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 SOURCE = Path(__file__).resolve().parent.parent / "sesd" / "api" / "openapi.json"
@@ -152,7 +153,7 @@ def _fuzz(operation: Any, mode: Any, base_url: str, checks: list[Any]) -> Fuzzed
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_schemathesis_against_live_service(tmp_path: Path) -> None:
+def test_schemathesis_against_live_service(spawn_sesd: Callable[..., Service]) -> None:
     import schemathesis
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import (
@@ -164,26 +165,23 @@ def test_schemathesis_against_live_service(tmp_path: Path) -> None:
     checks = [not_a_server_error, status_code_conformance, content_type_conformance,
               response_schema_conformance]
     modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
-    service = Service(tmp_path, {"EMAIL_RATE": "0"}).start()
-    try:
-        schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
-        operations = [result.ok() for result in schema.get_all_operations()]
-        # schemathesis leaves out the operation that serves the schema itself (tested above).
-        tested = {(op.method.upper(), op.path) for op in operations}
-        assert tested == _documented(_document()) - {("GET", "/openapi.json")}
-        started = time.monotonic()
-        runs = {f"{op.label} [{mode.value}]": _fuzz(op, mode, service.url, checks)
-                for op in operations for mode in modes}
-        elapsed = time.monotonic() - started
-        print(f"\nschemathesis: {sum(r.cases for r in runs.values())} cases over "
-              f"{len(operations)} operations in {elapsed:.1f}s")
-        for label, r in runs.items():
-            print(f"  {label}: {r.cases} cases, statuses {dict(sorted(r.statuses.items()))}")
-        assert all(runs[f"{op.label} [positive]"].cases for op in operations)
-        failures = [f"{label}: {p}" for label, r in runs.items() for p in r.problems.values()]
-        assert not failures, "\n\n".join(failures)
-        # The service survived the whole run.
-        status, body = service.request("GET", "/health")
-        assert status == 200, body
-    finally:
-        service.kill()
+    service = spawn_sesd({"EMAIL_RATE": "0"})
+    schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    # schemathesis leaves out the operation that serves the schema itself (tested above).
+    tested = {(op.method.upper(), op.path) for op in operations}
+    assert tested == _documented(_document()) - {("GET", "/openapi.json")}
+    started = time.monotonic()
+    runs = {f"{op.label} [{mode.value}]": _fuzz(op, mode, service.url, checks)
+            for op in operations for mode in modes}
+    elapsed = time.monotonic() - started
+    print(f"\nschemathesis: {sum(r.cases for r in runs.values())} cases over "
+          f"{len(operations)} operations in {elapsed:.1f}s")
+    for label, r in runs.items():
+        print(f"  {label}: {r.cases} cases, statuses {dict(sorted(r.statuses.items()))}")
+    assert all(runs[f"{op.label} [positive]"].cases for op in operations)
+    failures = [f"{label}: {p}" for label, r in runs.items() for p in r.problems.values()]
+    assert not failures, "\n\n".join(failures)
+    # The service survived the whole run.
+    status, body = service.request("GET", "/health")
+    assert status == 200, body

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .service import Service, messages
+from sesd.testing.harness import Service, messages
+
 from .test_sns import FIXTURES, TOPIC, _make_cert, notification, sign
 
 pytestmark = pytest.mark.slow

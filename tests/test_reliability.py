@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .service import ROOT, Service, Standin
+from sesd.testing.harness import ROOT, Service, Standin
 
 pytestmark = pytest.mark.slow
 

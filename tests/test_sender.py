@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 from collections import Counter
@@ -16,18 +17,8 @@ from sesd.database import Database
 from sesd.messages import Batch, Content, Job
 from sesd.sender.actor import Sender
 from sesd.store import NewMessage, Store, now_ms
-from sesd.testing.ses_standin import SesStandin, StandinConfig, start_standin
+from sesd.testing.ses_standin import SesStandin
 from sesd.transports.ses import SesTransport
-
-
-@pytest.fixture
-async def standin(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SesStandin]:
-    s, runner, url = await start_standin(StandinConfig())
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    yield s
-    await runner.cleanup()
 
 
 def settings(tmp_path: Path, **changes: object) -> Settings:
@@ -37,9 +28,12 @@ def settings(tmp_path: Path, **changes: object) -> Settings:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-async def make_sender(s: Settings, store: Store, n: int, html: str = "<p>hi</p>"
-                      ) -> tuple[Sender, SesTransport]:
-    """A Sender on the real store and SES transport, holding `n` claimed jobs of one message."""
+@contextlib.asynccontextmanager
+async def running_sender(s: Settings, n: int,
+                         html: str = "<p>hi</p>") -> AsyncIterator[tuple[Sender, Store]]:
+    """A Sender running on n claimed recipients of one message; stopped (drained, its outcomes
+    written) when the block ends."""
+    store = Store(s.db_path)
     store.insert_messages([NewMessage("t", [f"u{i}@example.com" for i in range(n)], "Subj", html,
                                       now_ms())])
     claimed = store.claim_due(n)
@@ -48,25 +42,23 @@ async def make_sender(s: Settings, store: Store, n: int, html: str = "<p>hi</p>"
     await transport.start()
     sender = Sender(s, db, transport, work=None, credits=None, tracking_key="k" * 32)
     sender.receive(Batch([Job(*j) for j in claimed.jobs], store.contents({claimed.jobs[0][2]})))
-    return sender, transport
-
-
-async def close_sender(sender: Sender, transport: SesTransport) -> None:
-    await transport.close()
-    await sender.db.close()
+    task = asyncio.create_task(sender.run())
+    try:
+        yield sender, store
+    finally:
+        sender.request_stop()
+        await task
+        await transport.close()
+        await db.close()
 
 
 async def run_sender(s: Settings, n: int, html: str = "<p>hi</p>") -> tuple[Sender, Store]:
-    store = Store(s.db_path)
-    sender, transport = await make_sender(s, store, n, html)
-    task = asyncio.create_task(sender.run())
-    for _ in range(600):
-        await asyncio.sleep(0.05)
-        if not len(sender.waiting) and not sender.inflight:
-            break
-    sender.request_stop()
-    await task
-    await close_sender(sender, transport)
+    """Run a Sender until it has nothing left to do."""
+    async with running_sender(s, n, html) as (sender, store):
+        for _ in range(600):
+            await asyncio.sleep(0.05)
+            if not len(sender.waiting) and not sender.inflight:
+                break
     return sender, store
 
 
@@ -119,13 +111,8 @@ async def test_gives_up_after_max_attempts(tmp_path: Path, standin: SesStandin,
 
 async def test_stop_hands_back_unstarted_work(tmp_path: Path, standin: SesStandin) -> None:
     s = settings(tmp_path, email_rate=10, max_concurrent=2)
-    store = Store(s.db_path)
-    sender, transport = await make_sender(s, store, 100, html="H")
-    task = asyncio.create_task(sender.run())
-    await asyncio.sleep(0.5)
-    sender.request_stop()
-    await task
-    await close_sender(sender, transport)
+    async with running_sender(s, 100) as (_, store):
+        await asyncio.sleep(0.5)
     counts = statuses(store)
     assert counts.get(1, 0) == 0  # nothing left processing
     assert counts[2] == len(standin.sends) and counts[0] == 100 - counts[2]

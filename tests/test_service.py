@@ -7,21 +7,18 @@ import email.policy
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from .service import API_KEY, Service, messages
+from sesd.testing.harness import API_KEY, Service, messages
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
-    svc = Service(tmp_path, {"EMAIL_RATE": "0"}).start()
-    yield svc
-    svc.kill()
+def service(spawn_sesd: Callable[..., Service]) -> Service:
+    return spawn_sesd({"EMAIL_RATE": "0"})
 
 
 def test_outbox_end_to_end(service: Service) -> None:
@@ -106,15 +103,11 @@ def test_stop_topic_before_due(service: Service) -> None:
     assert stats["request"]["stopped"] == 2 and stats["request"]["sent"] == 0
 
 
-def test_second_instance_on_same_database_refuses(service: Service, tmp_path: Path) -> None:
-    other = Service(tmp_path, {"DB_PATH": str(service.db_path)})
-    other.port = service.port + 0  # same DB; port does not matter, the lock is taken first
-    import subprocess
-    import sys
-
-    from .service import ROOT
-    result = subprocess.run([sys.executable, "run.py"], cwd=ROOT, env=other.env,
-                            capture_output=True, text=True, timeout=30)
+def test_second_instance_on_same_database_refuses(service: Service,
+                                                  spawn_sesd: Callable[..., Service]) -> None:
+    # Same database; the port does not matter, the lock is taken first.
+    other = spawn_sesd({"DB_PATH": str(service.db_path)}, start=False)
+    result = other.run(timeout=30)
     assert result.returncode == 3
     assert "already running" in result.stderr
     assert "Traceback" not in result.stderr
@@ -131,15 +124,9 @@ def test_protected_routes_need_the_key(service: Service) -> None:
             assert body["path"] == path and body["method"] == method
 
 
-def test_port_in_use_is_a_clear_error(tmp_path: Path, service: Service) -> None:
-    other = Service(tmp_path / "b", {"SERVER_PORT": str(service.port)})
-    (tmp_path / "b").mkdir()
-    import subprocess
-    import sys
-
-    from .service import ROOT
-    result = subprocess.run([sys.executable, "run.py"], cwd=ROOT,
-                            env={**other.env, "SERVER_PORT": str(service.port)},
-                            capture_output=True, text=True, timeout=60)
+def test_port_in_use_is_a_clear_error(service: Service,
+                                      spawn_sesd: Callable[..., Service]) -> None:
+    other = spawn_sesd({"SERVER_PORT": str(service.port)}, start=False)
+    result = other.run(timeout=60)
     assert result.returncode == 4
     assert "cannot listen" in result.stdout + result.stderr

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .service import API_KEY, Service, Standin, messages
+from sesd.testing.harness import API_KEY, Service, Standin, messages
 
 pytestmark = pytest.mark.slow
 

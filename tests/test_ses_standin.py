@@ -491,6 +491,7 @@ def test_config_validation():
 # ----------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 @pytest.mark.asyncio
 async def test_cli_runs_as_subprocess_and_exits_on_sigterm():
     proc = await asyncio.create_subprocess_exec(

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import botocore.session
 import pytest
-import pytest_asyncio
 from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError
 
 from sesd.config import Settings
@@ -23,7 +21,8 @@ from sesd.errors import (
     SendingPausedError,
     ThrottledError,
 )
-from sesd.testing.ses_standin import SesStandin, StandinConfig, start_standin
+from sesd.testing.harness import free_port
+from sesd.testing.ses_standin import SesStandin
 from sesd.transports import PIXEL_PLACEHOLDER, BulkEntry, Email, bulk_safe, create_transport
 from sesd.transports.outbox import OutboxTransport
 from sesd.transports.ses import ENTRY_STATUS_ERRORS, SesTransport, classify, classify_entry
@@ -43,31 +42,6 @@ def settings(**changes: object) -> Settings:
     return Settings(**base)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Dummy credentials, no user AWS config; returns a setter for the SES endpoint."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-    def point_at(url: str) -> None:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_SESV2", url)
-
-    return point_at
-
-
-@pytest_asyncio.fixture
-async def standin(aws_env) -> AsyncIterator[SesStandin]:
-    standin, runner, url = await start_standin(StandinConfig(seed=1))
-    aws_env(url)
-    yield standin
-    await runner.cleanup()
-
-
 @contextlib.asynccontextmanager
 async def ses(**kwargs: object) -> AsyncIterator[SesTransport]:
     cfg = kwargs.pop("settings", None) or settings()
@@ -77,12 +51,6 @@ async def ses(**kwargs: object) -> AsyncIterator[SesTransport]:
         yield transport
     finally:
         await transport.close()
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------- SendEmail
@@ -215,8 +183,8 @@ async def test_outer_guard_bounds_the_whole_call(standin: SesStandin) -> None:
     assert info.value.code == "TimeoutError"
 
 
-async def test_connection_refused_is_retryable(aws_env) -> None:
-    aws_env(f"http://127.0.0.1:{unused_port()}")
+async def test_connection_refused_is_retryable(aws_env: Callable[[str], None]) -> None:
+    aws_env(f"http://127.0.0.1:{free_port()}")
     async with ses(connect_timeout=1) as transport:
         with pytest.raises(RetryableSendError) as info:
             await transport.send(Email(1, "a@example.net", "s", "h"))

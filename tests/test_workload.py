@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sesd.testing.harness import Service, Standin
 from sesd.testing.workload import REJECT_PREFIX, Shape, Workload
-
-from .service import Service, Standin
 
 pytestmark = pytest.mark.slow
 
