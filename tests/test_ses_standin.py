@@ -21,8 +21,10 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, ReadTimeoutError
 
 from sesd.testing.ses_standin import (
+    RenderingFailure,
     SesStandin,
     StandinConfig,
+    TemplateError,
     render_template,
     start_standin,
 )
@@ -468,13 +470,23 @@ async def test_log_paging_and_reset(standin_factory):
     assert standin.peak_window() == 0
 
 
-def test_render_template():
-    data = {"name": "Ann", "n": 3, "flag": True, "user": {"city": "Oslo"}}
+def test_render_template_is_handlebars_as_ses_renders_it():
+    data = {"name": "Ann & <Bob>", "n": 3, "flag": True, "user": {"city": "Oslo"}, "none": None}
     assert render_template(
-        "Hi {{name}}/{{ n }}/{{{name}}}/{{flag}}/{{user.city}}/{{missing}}", data
-    ) == ("Hi Ann/3/Ann/true/Oslo/")
-    assert render_template("{{#if name}}x{{/if}}", data) == "{{#if name}}x{{/if}}"
+        "Hi {{name}}/{{ n }}/{{{name}}}/{{flag}}/{{user.city}}", data
+    ) == ("Hi Ann &amp; &lt;Bob&gt;/3/Ann & <Bob>/true/Oslo")
+    assert render_template("{{#if flag}}x{{else}}y{{/if}}", data) == "x"
+    assert render_template("{{#if missing}}x{{else}}y{{/if}}", data) == "y"  # falsy, no failure
     assert render_template(None, data) is None
+    assert render_template("no braces & <b>", data) == "no braces & <b>"  # never escaped
+    for text in ("{{missing}}", "{{{missing}}}", "{{user.zip}}", "{{none}}", "{{nope.deeper}}"):
+        with pytest.raises(RenderingFailure, match="is not present in the rendering data"):
+            render_template(text, data)
+    with pytest.raises(TemplateError, match="unsupported operations"):
+        render_template("{{#if flag}}x{{/if}}", data, blocks=False)
+    for broken in ("{{#if flag}}x", "x {{/if}}", "{{name", "{{#if a}}{{/each}}"):
+        with pytest.raises(TemplateError, match="invalid"):
+            render_template(broken, data)
 
 
 def test_config_validation():
