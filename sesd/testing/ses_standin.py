@@ -598,11 +598,17 @@ def _check_template(text: str, blocks: bool) -> None:
         if operation and not blocks:
             raise TemplateError("Template contains unsupported operations.")
         if tag[0] in "#^":
-            stack.append(tag[1:].split()[0] if tag[1:].split() else "")
-        elif tag[0] == "/" and (not stack or stack.pop() != tag[1:].strip()):
+            stack.append(tag)
+        elif tag[0] == "/" and (not stack or _block_name(stack.pop()) != tag[1:].strip()):
             raise TemplateError(f"Template is invalid: unexpected {{{{{_clip(tag, 40)}}}}}")
     if stack:
-        raise TemplateError(f"Template is invalid: {{{{#{_clip(stack[-1], 40)}}}}} is never closed")
+        raise TemplateError(f"Template is invalid: {{{{{_clip(stack[-1], 40)}}}}} is never closed")
+
+
+def _block_name(tag: str) -> str:
+    """``if`` for ``#if vip``: what the closing ``{{/if}}`` must name."""
+    words = tag[1:].split()
+    return words[0] if words else ""
 
 
 _COMPILER = pybars.Compiler()
@@ -644,8 +650,8 @@ def _plain_renderer(
     parts: list[tuple[str, str, bool]] = []  # (literal before, variable, escape it)
     pos = 0
     for m in _MUSTACHE.finditer(text):
-        raw, name = m.group(1), m.group(2).strip()
-        if raw != m.group(3) or not _PLAIN_NAME.fullmatch(name) or name in _HELPER_NAMES:
+        raw, name = bool(m.group(1)), m.group(2).strip()
+        if raw != bool(m.group(3)) or not _PLAIN_NAME.fullmatch(name) or name in _HELPER_NAMES:
             return None
         parts.append((text[pos : m.start()], name, not raw))
         pos = m.end()
