@@ -1371,3 +1371,16 @@ async def test_counters_per_operation_show_how_many_calls_carried_the_messages(s
     assert c.accepted == 501
     assert (c.send_bulk_email_calls, c.send_email_calls, c.get_account_calls) == (10, 2, 1)
     assert c.requests == 13
+
+
+def test_compiled_templates_stay_bounded_and_eviction_keeps_rendering_right():
+    """pybars registers each compiled template as a module; the cache must be the only owner."""
+    from sesd.testing.ses_standin import _renderer
+
+    before = len(sys.modules)
+    texts = [f"<p>{i}: {{{{v}}}}</p>" for i in range(_renderer.cache_info().maxsize + 20)]
+    for text in texts:
+        render_template(text, {"v": "x"})
+    assert len(sys.modules) == before  # nothing left behind in sys.modules
+    assert _renderer.cache_info().currsize <= _renderer.cache_info().maxsize
+    assert render_template(texts[0], {"v": "<again>"}) == "<p>0: &lt;again&gt;</p>"  # evicted
