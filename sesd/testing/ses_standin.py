@@ -104,7 +104,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pybars
@@ -417,6 +417,8 @@ def _merge_headers(template: list[list[str]], replacement: list[list[str]]) -> l
     """An entry's ReplacementHeaders replace the template's headers of the same name."""
     if not replacement:
         return list(template)
+    if not template:
+        return replacement
     names = {n.lower() for n, _ in replacement}
     return [h for h in template if h[0].lower() not in names] + replacement
 
@@ -685,12 +687,6 @@ def _renderer(text: str, blocks: bool) -> Callable[[Mapping[str, Any]], str]:
     return _plain_renderer(text, full) or full
 
 
-def check_template(text: str | None, *, blocks: bool = False) -> None:
-    """TemplateError if SES would refuse ``text`` as inline template content."""
-    if text and "{{" in text:
-        _renderer(text, blocks)
-
-
 def render_template(
     text: str | None, data: Mapping[str, Any], *, blocks: bool = True
 ) -> str | None:
@@ -721,14 +717,19 @@ _NOT_FOUND_PAGE = (
 class _Template:
     """Inline template content, checked; rendered once the send is accepted."""
 
-    subject: str | None
-    html: str | None
-    text: str | None
+    parts: tuple[str | None, ...]  # Subject, Html, Text
+    # One renderer per part holding "{{" (looked up once per call, not once per bulk entry).
+    renderers: tuple[Callable[[Mapping[str, Any]], str] | None, ...]
     data: dict[str, Any]
 
+    def render(self, data: Mapping[str, Any]) -> list[str | None]:
+        return [
+            part if render is None else render(data)
+            for part, render in zip(self.parts, self.renderers, strict=True)
+        ]
 
-@dataclass(frozen=True)
-class _BulkEntry:
+
+class _BulkEntry(NamedTuple):
     to: list[str]
     cc: list[str]
     bcc: list[str]
@@ -943,12 +944,9 @@ class SesStandin:
     ) -> bool:
         """Render ``entry``'s template and log it as sent; False on a Rendering Failure."""
         if template is not None:
-            blocks = self._config.template_blocks
             assert data is not None
             try:
-                entry["subject"] = render_template(template.subject, data, blocks=blocks)
-                entry["html"] = render_template(template.html, data, blocks=blocks)
-                entry["text"] = render_template(template.text, data, blocks=blocks)
+                entry["subject"], entry["html"], entry["text"] = template.render(data)
             except RenderingFailure as e:
                 entry["error"] = str(e)
                 self.rendering_failures.append(entry)
@@ -979,13 +977,13 @@ class SesStandin:
         )
         if _utf8_size(parts, MAX_INLINE_TEMPLATE_BYTES) > MAX_INLINE_TEMPLATE_BYTES:
             raise _Refused(f"{field}.TemplateContent is larger than SES's 1 MB inline limit")
+        blocks = self._config.template_blocks
         try:
-            for part in parts:
-                check_template(part, blocks=self._config.template_blocks)
+            renderers = tuple(_renderer(p, blocks) if p and "{{" in p else None for p in parts)
         except TemplateError as e:
             raise _Refused(str(e)) from None
         data = _template_data(tpl.get("TemplateData"), field + ".TemplateData")
-        return _Template(parts[0], parts[1], parts[2], data)
+        return _Template(parts, renderers, data)
 
     # -- SES operations ----------------------------------------------------
 
@@ -1158,7 +1156,12 @@ class SesStandin:
                     }
                 )
                 continue
-            data = _merge_data(template.data, entry.data) if entry.data else template.data
+            if not entry.data:
+                data = template.data
+            elif template.data:
+                data = _merge_data(template.data, entry.data)
+            else:
+                data = entry.data
             headers = _merge_headers(shared["headers"], entry.headers)
             request_id = _find_header(headers, "x-request-id")
             mid = self._message_id()
