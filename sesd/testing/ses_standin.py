@@ -25,7 +25,13 @@ What is recorded
     ``ReplacementHeaders`` replacing those of the same name), ``request_id``
     (the ``X-Request-ID`` header), ``tags`` (``{name: value}``; bulk:
     ``DefaultEmailTags`` overridden by the entry's ``ReplacementTags``),
-    ``config_set`` and ``bulk``.
+    ``config_set`` and ``bulk``. ``counters`` count calls per operation
+    (``send_email_calls``, ``send_bulk_email_calls``...) and their outcomes.
+
+ListSuppressedDestinations answers the ``suppressed`` knob, filtered by
+``Reason``, ``StartDate`` and ``EndDate``, in pages of ``PageSize`` (at most
+1000) chained by an opaque ``NextToken`` (a bad one: 400
+``InvalidNextTokenException``).
 
 Templates (``Content.Template`` / ``DefaultContent.Template``, inline
 ``TemplateContent`` only) are rendered as SES renders them: Handlebars, with
@@ -36,11 +42,13 @@ what SES does, although its guide describes a whole-object fallback. SES
 documents inline templates as "simple substitutions only" and answers block
 helpers with 400 ``Template contains unsupported operations.``; so does the
 stand-in unless ``template_blocks`` is set, which renders ``{{#if}}``,
-``{{#each}}``... with pybars3. A variable missing from the data (or null) is a
-*Rendering Failure*: SES answers success with a MessageId but delivers
-nothing, so the message is not in ``sends`` but in ``rendering_failures``
-(and the ``rendering_failures`` counter). A false ``{{#if x}}`` on a missing
-``x`` is not a failure.
+``{{#each}}``... with pybars3 (whose parser takes seconds on a 100 KB template;
+plain ``{{path}}`` templates are rendered without it). A variable missing from
+the data (or null) is a *Rendering Failure*: SES answers success with a
+MessageId but delivers nothing, so the message is not in ``sends`` but in
+``rendering_failures`` (with its ``error``; counted in ``rendering_failures``,
+still in the rate window). A false ``{{#if x}}`` on a missing ``x`` is not a
+failure.
 
 Validation (400 ``BadRequestException``, counted in ``bad_requests``): the
 model's required members; addresses (From, Reply-To, To/Cc/Bcc) must be 7-bit
