@@ -75,7 +75,7 @@ async def test_all_sent_once_with_pixel_and_request_id(tmp_path: Path, standin: 
     assert len(per_request) == 120 and set(per_request.values()) == {1}
     assert all(("bulk" in s and s["bulk"]) == bulk for s in standin.sends)
     one = standin.sends[0]
-    # SES renders the bulk template itself (the stand-in does not HTML-escape the value).
+    # SES renders the bulk template itself, HTML-escaping the value in the attribute.
     assert re.search(rf"requestId={one['request_id']}&(amp;)?token=[\w-]{{22}}\"", one["html"])
     assert sender.counters.calls == (3 if bulk else 120)  # 50 + 50 + 20 entries
 
