@@ -16,12 +16,16 @@ syntax tree, so the library never sees a construct it handles differently from h
     `each` over a string renders `{{else}}`, `@key` of an array item is its index);
   - outputs go through helpers that stringify like JavaScript (`1.0` -> `1`, `[1,2]` -> `1,2`)
     and escape like handlebars.js (`& < > " ' \\` =`; the library leaves `=` alone).
-Known difference left: `{{length}}` of a list as the current context (inside `{{#each}}` over a
-list of lists) renders nothing here; `{{items.length}}` works.
+  - path lookup is ours too: own keys only (pybars would find `dict.keys` for `{{user.keys}}`),
+    list indexes and `length`, and the same lookup `Template.missing` uses.
+Not reproduced: handlebars.js adds two raw outputs that meet at the start of a block when both
+are numbers or booleans (`{{{a}}}{{{b}}}` of 1 and 2 gives `3`), an artefact of its compiled
+JavaScript; here they print side by side (`12`).
 
 Not supported, and refused with a TemplateError: partials and inline partials, helpers other
 than the four blocks (no `lookup`, `log`, sub-expressions or hash arguments), `{{else if}}`,
-`{{^}}` inverse sections, raw blocks, block parameters and escaped mustaches (`\\{{`).
+`{{^}}` inverse sections, raw blocks, block parameters, escaped mustaches (`\\{{`), and quotes
+or backslashes inside `[literal segments]` (pybars pastes names into the Python it generates).
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ class TemplateError(SesdError, ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Path:
+class _Path:
     """A variable reference: `depth` parents up (`../`), from the root (`@root`), or `@data`."""
 
     text: str
@@ -108,12 +112,9 @@ class _Content:
 
 @dataclass(slots=True)
 class _Output:
-    path: Path
+    path: _Path
     raw: bool
-    start: int
-    end: int
     strip: tuple[bool, bool]
-    inner: str
 
 
 @dataclass(slots=True)
@@ -124,7 +125,7 @@ class _Comment:
 @dataclass(slots=True)
 class _Block:
     helper: str
-    path: Path
+    path: _Path
     offset: int
     open_strip: tuple[bool, bool]
     program: list[_Node] = field(default_factory=list)
@@ -244,7 +245,7 @@ def _read_comment(source: str, start: int, k: int, strip_open: bool) -> _Tag:
     return _Tag("comment", start, stop.end(), "", (strip_open, stop.group(1) == "~"))
 
 
-def _parse_path(token: str, source: str, offset: int) -> Path:
+def _parse_path(token: str, source: str, offset: int) -> _Path:
     def bad(problem: str) -> TemplateError:
         return TemplateError(f"{problem}: {token[:_EXCERPT]!r}", source, offset)
 
@@ -253,7 +254,7 @@ def _parse_path(token: str, source: str, offset: int) -> Path:
         head = _ID.match(rest, 1)
         name = head.group() if head else ""
         if name in _DATA_VARS and head and head.end() == len(rest):
-            return Path(token, data=name)
+            return _Path(token, data=name)
         if name != "root":
             raise bad("unknown data variable (use @index, @key, @first, @last or @root)")
         root, rest = True, rest[5:]
@@ -265,7 +266,7 @@ def _parse_path(token: str, source: str, offset: int) -> Path:
             depth, rest = depth + 1, rest[3:]
         for this, prefixes in (("this", ("this.", "this/")), (".", ("./",))):
             if rest == this:
-                return Path(token, depth=depth)
+                return _Path(token, depth=depth)
             if rest.startswith(prefixes):
                 rest = rest[len(this) + 1 :]
                 break
@@ -294,12 +295,12 @@ def _parse_path(token: str, source: str, offset: int) -> Path:
             pos += 1
             if pos == len(rest):
                 raise bad("malformed path (ends with '.')")
-    return Path(token, tuple(parts), depth, root)
+    return _Path(token, tuple(parts), depth, root)
 
 
 @dataclass(slots=True)
-class _Scope:
-    """What the parser knows of the context at a point: how deep, and whether @index exists."""
+class _Context:
+    """What the parser knows of the data context at a point: its depth, and if @index exists."""
 
     depth: int
     in_each: bool
@@ -308,10 +309,10 @@ class _Scope:
 def _parse(source: str) -> list[_Node]:
     root: list[_Node] = []
     # (block, where its tags go now, the context inside it)
-    stack: list[tuple[_Block, list[_Node], _Scope]] = []
-    body, scope = root, _Scope(0, False)
+    stack: list[tuple[_Block, list[_Node], _Context]] = []
+    body, scope = root, _Context(0, False)
 
-    def path_of(tag: _Tag, token: str) -> Path:
+    def path_of(tag: _Tag, token: str) -> _Path:
         path = _parse_path(token, source, tag.start)
         if path.depth > scope.depth:
             raise TemplateError("'../' goes above the top-level data", source, tag.start)
@@ -334,7 +335,7 @@ def _parse(source: str) -> list[_Node]:
                     problem = "{{else if}} is not supported (nest an {{#if}} inside {{else}})"
                 raise TemplateError(problem, source, tag.start)
             path = path_of(tag, tokens[0])
-            body.append(_Output(path, tag.kind == "raw", tag.start, tag.end, tag.strip, tag.inner))
+            body.append(_Output(path, tag.kind == "raw", tag.strip))
         elif tag.kind == "open":
             if not tokens or tokens[0] not in _BLOCK_HELPERS:
                 name = tokens[0] if tokens else ""
@@ -347,7 +348,7 @@ def _parse(source: str) -> list[_Node]:
                 problem = f"{{{{#{tokens[0]}}}}} takes exactly one variable"
                 raise TemplateError(problem, source, tag.start)
             block = _Block(tokens[0], path_of(tag, tokens[1]), tag.start, tag.strip)
-            if block.helper == "with" and block.path == Path(block.path.text):
+            if block.helper == "with" and block.path == _Path(block.path.text):
                 # handlebars.js enters no new context for it, so `../` inside would mislead.
                 raise TemplateError(
                     "{{#with this}} changes nothing; leave it out", source, tag.start
@@ -356,7 +357,7 @@ def _parse(source: str) -> list[_Node]:
             stack.append((block, body, scope))
             body = block.program
             if block.helper in ("each", "with"):
-                scope = _Scope(scope.depth + 1, scope.in_each or block.helper == "each")
+                scope = _Context(scope.depth + 1, scope.in_each or block.helper == "each")
         elif tag.kind == "else":
             if not stack:
                 raise TemplateError("{{else}} outside a block", source, tag.start)
@@ -520,7 +521,7 @@ _CR = "{{{sesd-cr}}}"
 _LEADING_SPACE = re.compile(r"[ \t\r\n]*")
 
 
-def _emit_path(path: Path) -> str:
+def _emit_path(path: _Path) -> str:
     if path.data:
         return "@" + path.data
     head = "@root" if path.root else "../" * path.depth + "this"
@@ -696,7 +697,7 @@ class _Compiler(pybars.Compiler):
 
 
 def _resolve(context: Any, *segments: str) -> Any:
-    """Path lookup for the compiled template, in place of pybars' own.
+    """_Path lookup for the compiled template, in place of pybars' own.
 
     pybars falls back to Python attributes (`{{user.keys}}` finds dict.keys) and raises on a name
     looked up in a list; handlebars.js reads own properties only, and absent is just absent.
@@ -763,7 +764,7 @@ def _step(value: Any, part: str) -> Any:
     return _ABSENT
 
 
-def _resolver(path: Path) -> Callable[[_Frame, _Frame], tuple[Any, _Frame]]:
+def _resolver(path: _Path) -> Callable[[_Frame, _Frame], tuple[Any, _Frame]]:
     """A function from (frame, root frame) to (value or _ABSENT, the frame the path starts at)."""
     parts, depth = path.parts, path.depth
     if path.data:
