@@ -30,6 +30,7 @@ or backslashes inside `[literal segments]` (pybars pastes names into the Python 
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -513,9 +514,10 @@ _ESCAPES = str.maketrans(
     {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
     | {"'": "&#x27;", "`": "&#x60;", "=": "&#x3D;"}
 )
-_LBRACE = "{{{sesd-lbrace}}}"
+# Emitted helper names are short: pybars parses its input at roughly a millisecond a tag.
+_LBRACE = "{{{lb}}}"
 _JOINING_BRACE = re.compile(r"\{(?=\{|\Z)")
-_CR = "{{{sesd-cr}}}"
+_CR = "{{{cr}}}"
 # pybars drops the CR of a CRLF in the whitespace that starts a text (its grammar keeps only the
 # last character of `'\r'? '\n'`); those CRs go through a helper instead.
 _LEADING_SPACE = re.compile(r"[ \t\r\n]*")
@@ -524,8 +526,10 @@ _LEADING_SPACE = re.compile(r"[ \t\r\n]*")
 def _emit_path(path: _Path) -> str:
     if path.data:
         return "@" + path.data
-    head = "@root" if path.root else "../" * path.depth + "this"
-    return head + "".join(f".[{part}]" for part in path.parts)
+    segments = ".".join(f"[{part}]" for part in path.parts)
+    if path.root:
+        return "@root." + segments if segments else "@root"
+    return "../" * path.depth + (segments or "this")
 
 
 def _emit(nodes: list[_Node]) -> str:
@@ -543,7 +547,7 @@ def _emit(nodes: list[_Node]) -> str:
         elif isinstance(node, _Comment):
             continue
         elif isinstance(node, _Output):
-            helper = "sesd-raw" if node.raw else "sesd-esc"
+            helper = "r" if node.raw else "e"
             out.append(f"{{{{{{{helper} {_emit_path(node.path)}}}}}}}")
         else:
             out.append(f"{{{{#{node.helper} {_emit_path(node.path)}}}}}{_emit(node.program)}")
@@ -682,10 +686,10 @@ _HELPERS: dict[str, Callable[..., Any]] = {
     "unless": _unless,
     "with": _with,
     "each": _each,
-    "sesd-esc": lambda this, value: _js_string(value).translate(_ESCAPES),
-    "sesd-raw": lambda this, value: _js_string(value),
-    "sesd-lbrace": lambda this: "{",
-    "sesd-cr": lambda this: "\r",
+    "e": lambda this, value: _js_string(value).translate(_ESCAPES),
+    "r": lambda this, value: _js_string(value),
+    "lb": lambda this: "{",
+    "cr": lambda this: "\r",
 }
 
 
@@ -928,10 +932,14 @@ class Template:
         return str(self._render(data, helpers=_HELPERS))
 
 
+# A bulk send checks and renders one template for many recipients, and messages of a campaign
+# share theirs: parse (and the slow compile behind render) happen once per distinct source.
+@functools.lru_cache(maxsize=128)
 def parse(source: str) -> Template:
     """Parse `source` as a Handlebars template of the supported subset.
 
-    Raises TemplateError naming the problem, its line and column and an excerpt.
+    Raises TemplateError naming the problem, its line and column and an excerpt. Templates
+    are cached by source, so parsing the same text again is free.
     """
     nodes = _parse(source)
     _control_whitespace(nodes, True)

@@ -44,6 +44,7 @@ _DIGIT_BASE, _DIGITS = 0xE100, 0xF8FF - 0xE100
 _STAND_IN = re.compile(f"{_TOKEN_START}([\ue100-\uf8ff]+){_TOKEN_PAD}*")
 _LINK = re.compile(f"{_LINK_OPEN}(.*?){_LINK_CLOSE}(.*?){_LINK_END}", re.DOTALL)
 _STRAY = re.compile(f"[{_LINK_OPEN}{_LINK_CLOSE}{_LINK_END}]")
+_MARKERS = re.compile("[\ue000-\ue004]")
 _SHOWN_SCHEMES = ("http://", "https://", "mailto:", "tel:")
 _TOKEN_TAG = "sesd-token"
 _LIST_INDENT = re.compile(r"\s*(?:[*+•-]|\d+\.)?\s*")
@@ -211,7 +212,8 @@ def html_to_text(html: str, *, width: int = 76) -> str:
     A word or URL longer than `width` gets a line of its own, unbroken. Handlebars tokens come
     out exactly as written.
     """
-    hidden, tokens = _hide_tokens(html)
+    # The converter's own markers must not come in with the document.
+    hidden, tokens = _hide_tokens(_MARKERS.sub("", html))
     tree = _tree(hidden)
     text = Inscriptis(tree, _config(tokens)).get_text() if tree is not None else ""
     text = _STRAY.sub("", _LINK.sub(_link_text, text))

@@ -326,6 +326,12 @@ def test_missing_checks_fast_enough_for_bulk_sends() -> None:
     assert time.process_time() - started < 1.0
 
 
+def test_parsing_the_same_source_again_reuses_the_template() -> None:
+    source = "Hello {{name}} " + "x" * 100
+    assert parse(source) is parse(source)
+    assert parse(source) is not parse(source + " ")
+
+
 def test_render_is_fast() -> None:
     template = parse(
         "<p>Hello {{name}}, order {{order.id}} of {{order.total}} ships to {{city}}.</p>"

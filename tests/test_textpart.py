@@ -199,6 +199,10 @@ def test_entities_are_decoded_once() -> None:
     )
 
 
+def test_private_use_characters_cannot_pose_as_markers() -> None:
+    assert html_to_text("<p>a\ue000\ue105\ue001b \ue002c\ue003d\ue004 \ue123</p>") == "a\ue105b cd \ue123"
+
+
 def test_unparsable_characters_do_not_raise() -> None:
     assert html_to_text("<p>a\x00b\x1f</p>") == "ab"
     assert html_to_text('<?xml version="1.0" encoding="utf-8"?><p>x</p>') == "x"
