@@ -70,6 +70,11 @@ class Settings:
     # Test hook (SESD_FAULT_CRASH_EMAIL): the sender process dies, as a crash would, when it
     # receives a job for this address. Exercises the isolation of a message that kills it.
     fault_crash_email: str = ""
+    # Who a message's `from` may be: addresses and "@domain"s. Empty: EMAIL_SENDER's address only.
+    allowed_senders: frozenset[str] = field(default_factory=frozenset)
+    # An address for the `mailto:` alternative of List-Unsubscribe (sesd does not read its mail:
+    # the operator's mailbox must act on it); empty: the HTTPS one-click link only.
+    unsubscribe_mailto: str = ""
     # Connection deadlines (seconds) and cap, so the API can face the internet without a proxy:
     # a request's headers must arrive within http_header_timeout of its first byte, its body
     # within http_body_timeout of its headers; a connection with no request in flight is closed
@@ -153,6 +158,41 @@ def _integer(name: str, raw: str, *, minimum: int, maximum: int) -> int:
     if not minimum <= value <= maximum:
         raise ConfigError(name, f"must be between {minimum} and {maximum}, got {value}")
     return value
+
+
+def _mailbox(name: str, raw: str) -> str:
+    """A plain address (no display name) in canonical form, or "" when unset."""
+    if not raw:
+        return ""
+    from .addresses import AddressError, canonical_address
+
+    try:
+        return canonical_address(raw)
+    except AddressError as exc:
+        raise ConfigError(name, str(exc)) from None
+
+
+def _allowed_senders(raw: str, sender: str) -> frozenset[str]:
+    """ALLOWED_SENDERS as lower-cased addresses and "@domain"s (unset: EMAIL_SENDER's)."""
+    from email.utils import parseaddr
+
+    from .addresses import AddressError, canonical_address
+
+    entries = [e.strip() for e in raw.split(",") if e.strip()]
+    if not entries:
+        address = parseaddr(sender)[1]
+        return frozenset({address.lower()}) if address else frozenset()
+    allowed: set[str] = set()
+    for entry in entries:
+        try:
+            if entry.startswith("@"):
+                allowed.add("@" + canonical_address(f"x{entry}").partition("@")[2])
+            else:
+                allowed.add(canonical_address(entry).lower())
+        except AddressError:
+            raise ConfigError("ALLOWED_SENDERS", f"not an address or @domain: {entry[:100]!r}"
+                              ) from None
+    return frozenset(allowed)
 
 
 def _has_aws_credentials(env: Mapping[str, str]) -> bool:
@@ -291,6 +331,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         sqlite_max_pages=_integer("SQLITE_MAX_PAGES", get("SQLITE_MAX_PAGES", "0"), minimum=0,
                                   maximum=2**31 - 1),
         fault_crash_email=get("SESD_FAULT_CRASH_EMAIL"),
+        allowed_senders=_allowed_senders(get("ALLOWED_SENDERS"), sender),
+        unsubscribe_mailto=_mailbox("UNSUBSCRIBE_MAILTO", get("UNSUBSCRIBE_MAILTO")),
         http_header_timeout=_number("HTTP_HEADER_TIMEOUT", get("HTTP_HEADER_TIMEOUT", "10"),
                                     minimum=0.1, maximum=600),
         http_body_timeout=_number("HTTP_BODY_TIMEOUT", get("HTTP_BODY_TIMEOUT", "60"),

@@ -18,9 +18,12 @@ import orjson
 
 from .addresses import AddressError, canonical_address, suppression_key
 from .errors import StorageFullError
-from .messages import Content
+from .messages import DEFAULT_LIST, Content
 
 CREATED, PROCESSING, SENT, FAILED, STOPPED = 0, 1, 2, 3, 4
+# The claim takes transactional requests first (lower goes first), then bulk.
+TRANSACTIONAL_PRIORITY, BULK_PRIORITY = 0, 1
+PRIORITIES = (TRANSACTIONAL_PRIORITY, BULK_PRIORITY)
 STATUS_NAMES = ("created", "processing", "sent", "failed", "stopped")
 TERMINAL = (SENT, FAILED, STOPPED)
 # A request held by the sender at this many sender crashes is failed instead of claimed again.
@@ -167,6 +170,25 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE UNIQUE INDEX results_open_once ON results (request_id) WHERE status = 'Open';
     """,
     _address_keys,
+    # v5: the message options (SPEC "Message options"): a content's text part and options, its
+    # unsubscribe list; a request's stream as its claim priority (transactional first) and its
+    # recipient's template data; clicks and unsubscribes as results, one row each however
+    # often a link is replayed.
+    """
+    ALTER TABLE contents ADD COLUMN text TEXT;
+    ALTER TABLE contents ADD COLUMN list_id TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE contents ADD COLUMN options BLOB;
+    ALTER TABLE requests ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE requests ADD COLUMN data TEXT;
+    DROP INDEX requests_due;
+    -- The claim walks this index per priority in (scheduled_at, id) order: no sort.
+    CREATE INDEX requests_claim ON requests (status, priority, scheduled_at);
+    ALTER TABLE results ADD COLUMN link TEXT;
+    ALTER TABLE results ADD COLUMN user_agent TEXT;
+    CREATE UNIQUE INDEX results_click_once ON results (request_id, link) WHERE status = 'Click';
+    CREATE UNIQUE INDEX results_unsubscribe_once ON results (request_id)
+        WHERE status = 'Unsubscribe';
+    """,
 )
 
 
@@ -183,13 +205,22 @@ class NewMessage:
     subject: str
     html: str
     scheduled_at: int  # ms; already clamped so a past time means "now"
+    # Per recipient, its template data (JSON object text), parallel to `emails`; None: none.
+    data: Sequence[str | None] | None = None
+    content: Content | None = None  # the message's options; None: every default
+
+    @property
+    def priority(self) -> int:
+        content = self.content
+        return TRANSACTIONAL_PRIORITY if content is not None and not content.bulk \
+            else BULK_PRIORITY
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """Rows the scheduler claimed: jobs to hand on, and how many were stopped as suppressed."""
 
-    jobs: list[tuple[int, str, int]]  # (request_id, email, content_id)
+    jobs: list[tuple[int, str, int, str | None]]  # (request_id, email, content_id, data)
     suppressed: int
 
 
@@ -308,13 +339,19 @@ class Store:
 
     # -- ingest (API) -------------------------------------------------------------------------
 
-    INSERT_CONTENT = ("INSERT INTO contents (subject, html, topic_id, created_at) "
-                      "VALUES (?, ?, ?, ?) RETURNING id")
+    INSERT_CONTENT = ("INSERT INTO contents (subject, html, topic_id, text, list_id, options, "
+                      "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id")
     # The recipients go in as one JSON array expanded inside SQLite: no per-row Python round trip.
     INSERT_REQUESTS = """
         INSERT INTO requests (topic_id, email, content_id, scheduled_at, status, created_at,
-                              updated_at)
-        SELECT ?1, value, ?2, ?3, 0, ?4, ?4 FROM json_each(?5)
+                              updated_at, priority)
+        SELECT ?1, value, ?2, ?3, 0, ?4, ?4, ?6 FROM json_each(?5)
+    """
+    # ...and with data, as [address, data text] pairs.
+    INSERT_REQUESTS_WITH_DATA = """
+        INSERT INTO requests (topic_id, email, content_id, scheduled_at, status, created_at,
+                              updated_at, priority, data)
+        SELECT ?1, value ->> 0, ?2, ?3, 0, ?4, ?4, ?6, value ->> 1 FROM json_each(?5)
     """
 
     def insert_messages(self, messages: Iterable[NewMessage], *, idempotency: tuple[str, str, bytes]
@@ -329,10 +366,21 @@ class Store:
         count = 0
         with self._write() as cur:
             for msg in messages:
-                content_id = cur.execute(self.INSERT_CONTENT, (msg.subject, msg.html, msg.topic_id,
-                                                               created_at)).fetchall()[0][0]
-                cur.execute(self.INSERT_REQUESTS, (msg.topic_id, content_id, msg.scheduled_at,
-                                                   created_at, orjson.dumps(list(msg.emails))))
+                content = msg.content
+                options = orjson.dumps(content.options()) if content is not None else None
+                content_id = cur.execute(self.INSERT_CONTENT, (
+                    msg.subject, msg.html, msg.topic_id, content.text if content else None,
+                    content.list_id if content else DEFAULT_LIST, options or None,
+                    created_at)).fetchall()[0][0]
+                if msg.data is not None and any(d is not None for d in msg.data):
+                    cur.execute(self.INSERT_REQUESTS_WITH_DATA, (
+                        msg.topic_id, content_id, msg.scheduled_at, created_at,
+                        orjson.dumps([[e, d] for e, d in zip(msg.emails, msg.data, strict=True)]),
+                        msg.priority))
+                else:
+                    cur.execute(self.INSERT_REQUESTS, (msg.topic_id, content_id, msg.scheduled_at,
+                                                       created_at, orjson.dumps(list(msg.emails)),
+                                                       msg.priority))
                 count += self.db.changes()
             if keys_expire_before:
                 cur.execute(self.PURGE_IDEMPOTENCY, (keys_expire_before, IDEMPOTENCY_PURGE_BATCH))
@@ -369,31 +417,43 @@ class Store:
     # -- scheduler ----------------------------------------------------------------------------
 
     # Requests waiting again after a sender crash (crashes > 0) are left to claim_suspects.
+    # A transactional request is stopped only by a suppression of all mail (bounce, complaint,
+    # manual); a bulk one also by an unsubscribe from its list. lower(email) is the suppression
+    # key of a canonical address (addresses.key_of_canonical): intake stores only canonical ones
+    # and the v4 migration rewrote those still waiting. Each lookup is one search of the
+    # (key, scope) primary key, with no per-row Python.
+    _RETURNING = """
+        RETURNING id, email, content_id, data, COALESCE(
+            (SELECT reason FROM suppressions
+             WHERE key = lower(requests.email) AND scope = 'all'),
+            CASE WHEN requests.priority = 1 THEN
+                (SELECT reason || ' (list ' || scope || ')' FROM suppressions
+                 WHERE key = lower(requests.email)
+                   AND scope = (SELECT list_id FROM contents WHERE id = requests.content_id))
+            END)
+    """
     CLAIM = """
         UPDATE requests SET status = 1, updated_at = ?1
-        WHERE id IN (SELECT id FROM requests WHERE status = 0 AND scheduled_at <= ?1
-                     AND crashes = 0 ORDER BY scheduled_at, id LIMIT ?2)
-        RETURNING id, email, content_id,
-                  (SELECT reason FROM suppressions
-                   WHERE key = lower(requests.email) AND scope = 'all')
-    """
+        WHERE id IN (SELECT id FROM requests WHERE status = 0 AND priority = ?3
+                     AND scheduled_at <= ?1 AND crashes = 0 ORDER BY scheduled_at, id LIMIT ?2)
+    """ + _RETURNING
     CLAIM_SUSPECTS = """
         UPDATE requests SET status = 1, updated_at = ?1
         WHERE id IN (SELECT id FROM requests WHERE status = 0 AND crashes > 0 AND crashes = ?2
                      ORDER BY id LIMIT ?3)
-        RETURNING id, email, content_id,
-                  (SELECT reason FROM suppressions
-                   WHERE key = lower(requests.email) AND scope = 'all')
-    """
-    # lower(email) is the suppression key of a canonical address (addresses.key_of_canonical):
-    # intake stores only canonical ones and the v2 migration rewrote those still waiting. The
-    # lookup is one search of the (key, scope) primary key, with no per-row Python.
+    """ + _RETURNING
 
     def claim_due(self, limit: int, now: int | None = None) -> Claimed:
-        """Mark up to `limit` due requests processing; suppressed recipients are stopped on the
-        spot with the reason, in the same transaction, and never handed on."""
+        """Mark up to `limit` due requests processing, transactional ones first; suppressed
+        recipients are stopped on the spot with the reason, in the same transaction, and never
+        handed on."""
         now = now_ms() if now is None else now
-        return self._claim(self.CLAIM, (now, limit))
+        claimed = self._claim(self.CLAIM, (now, limit, TRANSACTIONAL_PRIORITY))
+        room = limit - len(claimed.jobs) - claimed.suppressed
+        if room <= 0:
+            return claimed
+        bulk = self._claim(self.CLAIM, (now, room, BULK_PRIORITY))
+        return Claimed(claimed.jobs + bulk.jobs, claimed.suppressed + bulk.suppressed)
 
     def suspect_level(self) -> int:
         """The most sender crashes among requests waiting again after one (0: none waits)."""
@@ -407,12 +467,12 @@ class Store:
         return self._claim(self.CLAIM_SUSPECTS, (now_ms(), crashes, limit))
 
     def _claim(self, sql: str, bindings: tuple[int, ...]) -> Claimed:
-        jobs: list[tuple[int, str, int]] = []
+        jobs: list[tuple[int, str, int, str | None]] = []
         suppressed: list[tuple[str, int]] = []
         with self._write() as cur:
-            for request_id, email, content_id, reason in cur.execute(sql, bindings):
+            for request_id, email, content_id, data, reason in cur.execute(sql, bindings):
                 if reason is None:
-                    jobs.append((request_id, email, content_id))
+                    jobs.append((request_id, email, content_id, data))
                 else:
                     suppressed.append((f"suppressed: {reason}", request_id))
             if suppressed:
@@ -422,15 +482,21 @@ class Store:
 
     def contents(self, ids: Iterable[int]) -> dict[int, Content]:
         ids = list(ids)
-        rows = self.db.execute("SELECT id, topic_id, subject, html FROM contents "
+        rows = self.db.execute("SELECT id, topic_id, subject, html, text, options FROM contents "
                                "WHERE id IN (SELECT value FROM json_each(?))",
                                (orjson.dumps(ids),))
-        return {cid: Content(topic or "", subject, html) for cid, topic, subject, html in rows}
+        return {cid: Content.from_stored(topic or "", subject, html, text,
+                                         orjson.loads(options) if options else None)
+                for cid, topic, subject, html, text, options in rows}
+
+    NEXT_DUE = "SELECT MIN(scheduled_at) FROM requests WHERE status = 0 AND priority = ?"
 
     def next_due(self) -> int | None:
-        """The earliest scheduled time among created requests (ms), or None when there are none."""
-        row = self.db.execute("SELECT MIN(scheduled_at) FROM requests WHERE status = 0").fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        """The earliest scheduled time among created requests (ms), or None when there are none.
+        One index lookup per priority (a MIN over both would walk the index)."""
+        times = [self.db.execute(self.NEXT_DUE, (p,)).fetchone()[0] for p in PRIORITIES]
+        known = [int(t) for t in times if t is not None]
+        return min(known) if known else None
 
     def release_processing(self, *, crashed: bool = False) -> Released:
         """Put every processing request back to created. Only safe while no sender holds work:

@@ -18,15 +18,21 @@ from html import escape
 from types import MappingProxyType
 
 OPEN_PATH = "/v1/events/open"
-
-# The SES template variable a bulk send fills with each recipient's pixel URL.
-PIXEL_TEMPLATE_VAR = "sesdPixel"
+CLICK_PATH = "/v1/events/click"  # + "/{token}": 302 to the link the token names
+UNSUBSCRIBE_PATH = "/v1/unsubscribe"  # + "/{token}": the page (GET) and one-click (POST)
 
 # 128 bits cannot be guessed, and keep the link short. Base64 of 16 bytes is 22 characters.
 _TOKEN_BYTES = 16
 _TOKEN_CHARS = 22
 # Domain separation: should the key ever sign anything else, those MACs can't pass as pixels.
 _DOMAIN = b"sesd-open:v1:"
+_CLICK_DOMAIN = b"sesd-click:v1:"
+_UNSUBSCRIBE_DOMAIN = b"sesd-unsubscribe:v1:"
+# "<request id>.<link number>.<mac>" and "<request id>.<mac>": the ids in clear (the route looks
+# them up), the MAC over exactly their canonical text.
+_CLICK_TOKEN = re.compile(r"(0|[1-9][0-9]{0,18})\.(0|[1-9][0-9]{0,4})\.([A-Za-z0-9_-]{22})")
+_UNSUBSCRIBE_TOKEN = re.compile(r"(0|[1-9][0-9]{0,18})\.([A-Za-z0-9_-]{22})")
+MAX_LINKS = 10_000
 # Only the canonical spelling of an id verifies ("007" does not), so a token names exactly one id.
 # SQLite rowids fit in 19 digits; the cap also keeps int() away from hostile megabyte strings.
 _ID_TEXT = re.compile(r"0|[1-9][0-9]{0,19}")
@@ -119,9 +125,72 @@ def append_pixel(html: str, url: str) -> str:
     return html[: last.start()] + tag + html[last.start() :]
 
 
+def click_token(key: str, request_id: int, link: int) -> str:
+    """The token of link number `link` of request `request_id`'s message."""
+    _check_key_and_id(key, request_id)
+    if not 0 <= link < MAX_LINKS:
+        raise ValueError(f"link number out of range: {link}")
+    text = f"{request_id}.{link}"
+    return f"{text}.{_mac(key.encode(), _CLICK_DOMAIN, text)}"
+
+
+def read_click_token(key: str, token: object) -> tuple[int, int] | None:
+    """(request id, link number) of a genuine click token; None for anything else."""
+    match = _CLICK_TOKEN.fullmatch(token) if isinstance(token, str) else None
+    if match is None or not _genuine(key, _CLICK_DOMAIN, f"{match[1]}.{match[2]}", match[3]):
+        return None
+    request_id = int(match[1])
+    return (request_id, int(match[2])) if request_id <= _MAX_ID else None
+
+
+def unsubscribe_token(key: str, request_id: int) -> str:
+    """The token of request `request_id`'s unsubscribe page (it names the address and list)."""
+    _check_key_and_id(key, request_id)
+    return f"{request_id}.{_mac(key.encode(), _UNSUBSCRIBE_DOMAIN, str(request_id))}"
+
+
+def read_unsubscribe_token(key: str, token: object) -> int | None:
+    """The request id of a genuine unsubscribe token; None for anything else."""
+    match = _UNSUBSCRIBE_TOKEN.fullmatch(token) if isinstance(token, str) else None
+    if match is None or not _genuine(key, _UNSUBSCRIBE_DOMAIN, match[1], match[2]):
+        return None
+    request_id = int(match[1])
+    return request_id if request_id <= _MAX_ID else None
+
+
+def click_url(base_url: str, key: str, request_id: int, link: int) -> str:
+    return f"{base_url.rstrip('/')}{CLICK_PATH}/{click_token(key, request_id, link)}"
+
+
+def unsubscribe_url(base_url: str, key: str, request_id: int) -> str:
+    return f"{base_url.rstrip('/')}{UNSUBSCRIBE_PATH}/{unsubscribe_token(key, request_id)}"
+
+
+def _check_key_and_id(key: str, request_id: int) -> None:
+    if not key:
+        raise ValueError("an empty tracking key would let anyone sign links")
+    if isinstance(request_id, bool) or not isinstance(request_id, int):
+        raise TypeError(f"request id must be an int, not {type(request_id).__name__}")
+    if not 0 <= request_id <= _MAX_ID:
+        raise ValueError(f"request id out of range: {request_id}")
+
+
+def _genuine(key: str, domain: bytes, text: str, mac: str) -> bool:
+    if not isinstance(key, str) or not key:
+        return False
+    try:
+        key_bytes = key.encode()
+    except UnicodeEncodeError:  # lone surrogates: no key we ever handed out
+        return False
+    return hmac.compare_digest(_mac(key_bytes, domain, text).encode(), mac.encode())
+
+
+def _mac(key: bytes, domain: bytes, text: str) -> str:
+    return _b64(hmac.new(key, domain + text.encode(), hashlib.sha256).digest()[:_TOKEN_BYTES])
+
+
 def _sign(key: bytes, request_id: int) -> str:
-    message = _DOMAIN + str(request_id).encode()
-    return _b64(hmac.new(key, message, hashlib.sha256).digest()[:_TOKEN_BYTES])
+    return _mac(key, _DOMAIN, str(request_id))
 
 
 def _parse_id(value: object) -> int | None:

@@ -75,7 +75,7 @@ def test_v1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     assert store.release_processing().released == 1
     claimed = store.claim_due(10, now_ms())
     assert claimed.suppressed == 2
-    assert [email for _, email, _ in claimed.jobs] == ["carol@example.com"]
+    assert [email for _, email, _, _ in claimed.jobs] == ["carol@example.com"]
     assert store.db.execute("SELECT email, error FROM requests WHERE status = ? AND id < 3 "
                             "ORDER BY id", (STOPPED,)).fetchall() == [
         ("Ann@xn--bcher-kva.de", "suppressed: Bounce/Permanent/General"),

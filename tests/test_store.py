@@ -59,9 +59,9 @@ def test_claim_takes_due_rows_in_schedule_order(store: Store) -> None:
     add(store, "future", 2, now + 60_000)
     claimed = store.claim_due(3, now)
     # The earliest scheduled win; RETURNING order itself is unspecified.
-    assert {email for _, email, _ in claimed.jobs} == {"early0@example.com", "early1@example.com",
+    assert {email for _, email, _, _ in claimed.jobs} == {"early0@example.com", "early1@example.com",
                                                        "late0@example.com"}
-    assert all(status_of(store, rid) == PROCESSING for rid, _, _ in claimed.jobs)
+    assert all(status_of(store, rid) == PROCESSING for rid, _, _, _ in claimed.jobs)
     assert len(store.claim_due(10, now).jobs) == 1  # the future rows stay
     assert store.next_due() == now + 60_000
 
@@ -77,7 +77,7 @@ def test_suppressed_recipients_are_stopped_with_the_reason(store: Store) -> None
 
 def test_outcomes_and_release(store: Store) -> None:
     add(store, "t", 4)
-    ids = [rid for rid, _, _ in store.claim_due(10).jobs]
+    ids = [rid for rid, _, _, _ in store.claim_due(10).jobs]
     at = now_ms()
     store.record_outcomes([Outcome(ids[0], SENT, "m-1", None, 1, at),
                            Outcome(ids[1], FAILED, None, "MessageRejected: no", 2, at),
@@ -90,7 +90,7 @@ def test_outcomes_and_release(store: Store) -> None:
 
 def test_a_real_send_is_recorded_even_after_a_stop(store: Store) -> None:
     add(store, "t", 2)
-    ids = [rid for rid, _, _ in store.claim_due(10).jobs]
+    ids = [rid for rid, _, _, _ in store.claim_due(10).jobs]
     assert store.stop_topic("t") == 2
     assert store.stopped_among(ids) == set(ids)
     store.record_outcomes([Outcome(ids[0], SENT, "m", None, 1, now_ms()),
@@ -123,20 +123,25 @@ def test_hot_queries_use_their_indexes(store: Store) -> None:
     def plan(sql: str, *args: object) -> str:
         return " | ".join(store.query_plan(sql, args))
 
-    claim = plan(store.CLAIM, 1, 10)
-    assert "requests_due" in claim and "TEMP B-TREE" not in claim  # no sort, no scan
+    for priority in (0, 1):
+        claim = plan(store.CLAIM, 1, 10, priority)
+        assert "requests_claim (status=? AND priority=? AND scheduled_at<?)" in claim
+        assert "TEMP B-TREE" not in claim  # no sort, no scan
+    next_due = plan(store.NEXT_DUE, 1)
+    assert "COVERING INDEX requests_claim (status=? AND priority=?)" in next_due
     # The suppression check per claimed row is one primary-key search on (key, scope): the key
     # is lower(email), computed by SQLite, never a scan of suppressions or a Python call.
     assert "SEARCH suppressions USING PRIMARY KEY (key=? AND scope=?)" in claim
     assert "SCAN suppressions" not in claim
-    assert "USING INDEX requests_due (status=?)" in plan(store.STOP_HELD, "r", 0, "a@example.com")
+    assert "USING INDEX requests_claim (status=?)" in plan(store.STOP_HELD, "r", 0,
+                                                            "a@example.com")
     assert "COVERING INDEX requests_topic" in plan(store.TOPIC_REQUESTS, "t")
     results = plan(store.TOPIC_RESULTS, "t")
     assert "requests_topic" in results and "results_request" in results
     assert "requests_sent_at" in plan(store.SENT_SINCE, 0)
     for sql in (store.CLAIM, store.TOPIC_REQUESTS, store.TOPIC_RESULTS, store.SENT_SINCE):
         assert "SCAN requests" not in plan(sql, *(["t"] if "?" in sql and "?1" not in sql
-                                                 else [1, 10]))
+                                                 else [1, 10, 1]))
 
 
 def test_full_database_writes_nothing(tmp_path: Path) -> None:

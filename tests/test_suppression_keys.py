@@ -100,7 +100,7 @@ def test_no_spelling_of_a_suppressed_address_is_ever_handed_to_the_sender(
             else:
                 assert claimed.suppressed == 1
                 jobs = claimed.jobs
-            assert [email for _, email, _ in jobs] == ["other@example.com"]
+            assert [email for _, email, _, _ in jobs] == ["other@example.com"]
             assert store.db.execute("SELECT COUNT(*) FROM requests WHERE status = ?",
                                     (STOPPED,)).fetchone()[0] == 1
         finally:

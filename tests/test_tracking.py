@@ -12,11 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sesd import tracking
 from sesd.tracking import (
     PIXEL_HEADERS,
     PIXEL_PNG,
-    PIXEL_TEMPLATE_VAR,
     append_pixel,
     make_token,
     new_key,
@@ -26,7 +24,8 @@ from sesd.tracking import (
 )
 
 KEY = new_key()
-PLACEHOLDER = "{{" + PIXEL_TEMPLATE_VAR + "}}"
+OTHER_KEY = new_key()
+PLACEHOLDER = "{{sesdPixel}}"  # any template placeholder: the pixel's braces must survive
 
 
 # -- keys and tokens ---------------------------------------------------------------------------
@@ -260,5 +259,58 @@ def test_pixel_headers_forbid_caching() -> None:
         PIXEL_HEADERS["Expires"] = "1"  # type: ignore[index]
 
 
-def test_open_path_matches_the_api_route() -> None:
-    assert tracking.OPEN_PATH == "/v1/events/open"
+# ----------------------------------------------------------------- click and unsubscribe tokens
+
+from sesd.tracking import (  # noqa: E402
+    click_token,
+    click_url,
+    read_click_token,
+    read_unsubscribe_token,
+    unsubscribe_token,
+    unsubscribe_url,
+)
+
+
+@given(st.integers(0, 2**63 - 1), st.integers(0, 9_999))
+def test_click_tokens_name_exactly_their_request_and_link(request_id: int, link: int) -> None:
+    token = click_token(KEY, request_id, link)
+    assert read_click_token(KEY, token) == (request_id, link)
+    assert read_click_token(OTHER_KEY, token) is None
+    assert read_unsubscribe_token(KEY, token) is None  # a click token opens nothing else
+    forged = f"{request_id}.{(link + 1) % 10_000}.{token.rsplit('.', 1)[1]}"
+    assert read_click_token(KEY, forged) is None
+
+
+@given(st.integers(0, 2**63 - 1))
+def test_unsubscribe_tokens_name_exactly_their_request(request_id: int) -> None:
+    token = unsubscribe_token(KEY, request_id)
+    assert read_unsubscribe_token(KEY, token) == request_id
+    assert read_unsubscribe_token(OTHER_KEY, token) is None
+    mac = token.rsplit(".", 1)[1]
+    assert read_unsubscribe_token(KEY, f"{request_id + 1}.{mac}") is None
+    assert read_click_token(KEY, f"{request_id}.0.{mac}") is None  # domains are separate
+
+
+@given(st.text(max_size=80))
+def test_hostile_tokens_are_refused_without_raising(token: str) -> None:
+    assert read_click_token(KEY, token) is None
+    assert read_unsubscribe_token(KEY, token) is None
+
+
+def test_non_canonical_ids_do_not_verify() -> None:
+    token = unsubscribe_token(KEY, 7)
+    mac = token.rsplit(".", 1)[1]
+    assert read_unsubscribe_token(KEY, f"07.{mac}") is None
+    assert read_unsubscribe_token(KEY, None) is None and read_click_token(KEY, 7) is None
+    assert read_unsubscribe_token("", token) is None
+
+
+def test_urls_are_under_the_public_routes() -> None:
+    assert click_url("https://mail.example.com/", KEY, 5, 2).startswith(
+        "https://mail.example.com/v1/events/click/5.2.")
+    assert unsubscribe_url("https://mail.example.com", KEY, 5).startswith(
+        "https://mail.example.com/v1/unsubscribe/5.")
+    with pytest.raises(ValueError):
+        click_token(KEY, 5, 10_000)
+    with pytest.raises(ValueError):
+        unsubscribe_token("", 5)

@@ -10,6 +10,9 @@ import orjson
 
 from ..addresses import CONTROL_CHARS, AddressError, canonical_address, key_of_canonical
 from ..store import STATUS_NAMES, NewMessage
+from .checks import ValidationError, quote
+
+__all__ = ["ValidationError", "parse_messages", "quote"]
 
 MAX_TOPIC_LENGTH = 256
 MAX_SUBJECT_LENGTH = 998  # RFC 5322 line limit: the subject becomes a header
@@ -18,15 +21,6 @@ MAX_IDEMPOTENCY_KEY = 200
 _CONTROL = CONTROL_CHARS  # no line break or control character in a value that becomes a header
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _HOURS = re.compile(r"[0-9]{1,3}")
-
-
-class ValidationError(ValueError):
-    """The request is invalid; the message says where and why."""
-
-
-def quote(value: str, limit: int = 100) -> str:
-    """A value shown in an error message: JSON-quoted, cut short."""
-    return orjson.dumps(value[:limit] + ("…" if len(value) > limit else "")).decode()
 
 
 def parse_time(value: str) -> dt.datetime:
