@@ -37,6 +37,7 @@ class Receiver:
     secret: str = ""
     mode: str = "ok"
     slow_for: float = 5.0
+    delay: float = 0.0  # seconds every answer waits, in every mode (keeps attempts in flight)
     port: int = field(default_factory=free_port)
     delivered: list[Delivery] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)  # webhook-id -> requests seen
@@ -46,6 +47,7 @@ class Receiver:
     _runner: web.AppRunner | None = None
     _site: web.TCPSite | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -57,27 +59,29 @@ class Receiver:
         def serve() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
-            app = web.Application()
-            app.router.add_post("/hook", self._handle)
-            self._runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(self._runner.setup())
             loop.run_until_complete(self._open())
             ready.set()
             loop.run_forever()
+            loop.close()
 
-        threading.Thread(target=serve, daemon=True).start()
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
         assert ready.wait(10)
         return self
 
     async def _open(self) -> None:
-        assert self._runner is not None
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
         self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await self._site.start()
 
     async def _close(self) -> None:
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
+        """Down: the listener and every open (keep-alive) connection are closed."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = self._site = None
 
     def _call(self, coro: Any) -> None:
         assert self._loop is not None
@@ -90,10 +94,12 @@ class Receiver:
         self._call(self._open())
 
     def close(self) -> None:
-        if self._loop is not None and self._runner is not None:
+        if self._loop is not None:
             with contextlib.suppress(Exception):
-                self._call(self._runner.cleanup())
+                self._call(self._close())
             self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(10)
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -108,6 +114,8 @@ class Receiver:
         with self._lock:
             self.attempts[msg_id] += 1
         mode = self.mode
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if mode == "error":
             return web.Response(status=500, text="receiver failing on purpose")
         if mode == "slow":

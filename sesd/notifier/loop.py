@@ -31,7 +31,7 @@ from ..events import webhook_id
 from ..store import DELIVERED, GAVE_UP, PENDING, Attempt, DueDelivery, Endpoint, now_ms
 from . import payload, signing
 from .client import TargetRefused, WebhookClient
-from .policy import EndpointGate, RetrySchedule
+from .policy import GATE_CAP, EndpointGate, RetrySchedule
 
 SCAN_INTERVAL = 0.05  # seconds between scans at most: the fact-to-delivery delay's floor
 FAN_OUT_CHUNK = 2_000  # events per fan-out transaction: keeps the write lock short
@@ -147,7 +147,9 @@ class Notifier:
                 del self.endpoints[wid]
         for wid, endpoint in found.items():
             if wid not in self.endpoints:
-                gate = EndpointGate(self.clock, concurrency=self.settings.webhook_concurrency)
+                # Never held shut longer than the longest retry delay the operator allows.
+                gate = EndpointGate(self.clock, concurrency=self.settings.webhook_concurrency,
+                                    cap=min(GATE_CAP, self.settings.webhook_retry_max))
                 self.endpoints[wid] = EndpointState(endpoint, signing.secret_key(endpoint.secret),
                                                     gate)
 
