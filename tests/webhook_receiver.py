@@ -48,6 +48,7 @@ class Receiver:
     _site: web.TCPSite | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
+    _ids: set[str] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -125,9 +126,15 @@ class Receiver:
             self.answered_ok += 1
             self.delivered.append(Delivery(msg_id, event["type"], event["data"], time.time(),
                                            event["timestamp"]))
+            self._ids.add(msg_id)
         return web.Response(status=204)
 
     # -- views for assertions -----------------------------------------------------------------
+
+    def unique(self) -> int:
+        """Distinct events delivered so far (cheap: for polling)."""
+        with self._lock:
+            return len(self._ids)
 
     def by_id(self) -> dict[str, Delivery]:
         with self._lock:
