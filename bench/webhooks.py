@@ -20,8 +20,7 @@ import sys
 import time
 from typing import Any
 
-from common import Sesd, add_common, emails, message, parse_env, percentile, table, \
-    write_results
+from common import Sesd, add_common, emails, message, parse_env, percentile, table, write_results
 
 from tests.webhook_receiver import Receiver
 
