@@ -2,6 +2,9 @@
 ceiling of one aiobotocore client in one process against the same stand-in.
 
     .venv/bin/python bench/sends_per_sec.py --n 20000 --mode both --latency-ms 0,30
+
+--dead-webhook registers a webhook at a closed local port first: every send then stores its
+event and the notifier keeps failing to deliver it, which must not slow sending.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from common import (
     Standin,
     add_common,
     emails,
+    free_port,
     median,
     message,
     parse_env,
@@ -98,8 +102,15 @@ def run_sesd(standin: Standin, args: argparse.Namespace, bulk: bool) -> dict[str
     standin.reset()
     env = {**standin.env(), "EMAIL_RATE": "0", "MAX_CONCURRENT": str(args.concurrency),
            "EMAIL_BULK": "true" if bulk else "false", **parse_env(args.env)}
+    if args.dead_webhook:
+        env["WEBHOOK_ALLOW_PRIVATE"] = "true"
     svc = Service(env=env, keep=args.keep).start()
     try:
+        if args.dead_webhook:
+            status, resp = svc.request("POST", "/v1/webhooks",
+                                       {"url": f"http://127.0.0.1:{free_port()}/closed"})
+            if status != 200:
+                raise RuntimeError(f"POST /v1/webhooks answered {status}: {resp!r}")
         assert svc.proc is not None
         mon = ProcMonitor(lambda: svc.proc.pid if svc.proc else None)
         body = json.dumps({"messages": [message("bench", emails(args.n))]}).encode()
@@ -145,6 +156,8 @@ def main() -> int:
     p.add_argument("--raw", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the raw aiobotocore ceiling (default: on)")
     p.add_argument("--timeout", type=float, default=900, help="per run, seconds")
+    p.add_argument("--dead-webhook", action="store_true",
+                   help="register a webhook at a closed port before sending")
     add_common(p)
     args = p.parse_args()
     modes = ("single", "bulk") if args.mode == "both" else (args.mode,)

@@ -83,6 +83,17 @@ class Settings:
     http_body_timeout: float = 60.0
     http_idle_timeout: float = 30.0
     http_max_connections: int = 1000
+    # Webhooks: a URL whose host resolves to a loopback, private or link-local address is
+    # refused (at registration and at connect time) unless this is set. Each attempt has
+    # webhook_timeout seconds in all; at most webhook_concurrency attempts per endpoint are in
+    # flight. A failed delivery is retried from webhook_retry_base seconds, doubling up to
+    # webhook_retry_max, for webhook_retry_window seconds after its first attempt.
+    webhook_allow_private: bool = False
+    webhook_timeout: float = 10.0
+    webhook_concurrency: int = 8
+    webhook_retry_base: float = 5.0
+    webhook_retry_max: float = 3600.0
+    webhook_retry_window: float = 86_400.0
     # Environment variables botocore reads itself (endpoint overrides, credentials) are passed
     # through untouched; this keeps the record of them for the children.
     aws_env: tuple[tuple[str, str], ...] = ()
@@ -297,6 +308,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("DB_PATH", "must name a file")
     outbox_dir = Path(_control_free("OUTBOX_DIR", get("OUTBOX_DIR")) or db_path.parent / "outbox")
 
+    retry_base = _number("WEBHOOK_RETRY_BASE", get("WEBHOOK_RETRY_BASE", "5"), minimum=0.01,
+                         maximum=86_400)
+    retry_max = _number("WEBHOOK_RETRY_MAX", get("WEBHOOK_RETRY_MAX", "3600"), minimum=0.01,
+                        maximum=86_400)
+    if retry_max < retry_base:
+        raise ConfigError("WEBHOOK_RETRY_MAX", f"must be at least WEBHOOK_RETRY_BASE "
+                          f"({retry_base:g}), got {retry_max:g}")
+
     return Settings(
         aws_region=region,
         email_sender=sender,
@@ -342,5 +361,15 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         http_max_connections=_integer("HTTP_MAX_CONNECTIONS",
                                       get("HTTP_MAX_CONNECTIONS", "1000"), minimum=8,
                                       maximum=1_000_000),
+        webhook_allow_private=_bool("WEBHOOK_ALLOW_PRIVATE", get("WEBHOOK_ALLOW_PRIVATE")),
+        webhook_timeout=_number("WEBHOOK_TIMEOUT", get("WEBHOOK_TIMEOUT", "10"), minimum=0.1,
+                                maximum=300),
+        webhook_concurrency=_integer("WEBHOOK_CONCURRENCY", get("WEBHOOK_CONCURRENCY", "8"),
+                                     minimum=1, maximum=1000),
+        webhook_retry_base=retry_base,
+        webhook_retry_max=retry_max,
+        webhook_retry_window=_number("WEBHOOK_RETRY_WINDOW",
+                                     get("WEBHOOK_RETRY_WINDOW", "86400"), minimum=1,
+                                     maximum=30 * 86_400),
         aws_env=tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_"))),
     )

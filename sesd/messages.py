@@ -96,5 +96,6 @@ class Credit:
     n: int
 
 
-# Roles, in the order they start; shutdown drains them in this order too.
-ROLES: tuple[str, ...] = ("api", "scheduler", "sender")
+# Roles, in the order they start; shutdown drains them in this order too. The notifier stops
+# last: it keeps delivering while the others drain.
+ROLES: tuple[str, ...] = ("api", "scheduler", "sender", "notifier")

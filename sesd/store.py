@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 import orjson
 
+from . import events
 from .addresses import AddressError, canonical_address, suppression_key
 from .errors import StorageFullError
 from .messages import DEFAULT_LIST, Content
@@ -188,6 +189,48 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE UNIQUE INDEX results_click_once ON results (request_id, link) WHERE status = 'Click';
     CREATE UNIQUE INDEX results_unsubscribe_once ON results (request_id)
         WHERE status = 'Unsubscribe';
+    """,
+    # Webhooks. An event row is the compact fact (type, request, the result row it came from, a
+    # small JSON detail), written in the transaction of the fact itself; the payload is composed
+    # at delivery time. AUTOINCREMENT: the notifier's fan-out cursor walks event ids, which must
+    # never be handed out twice, even after the newest events are purged. `after_event`: an
+    # endpoint receives the events committed after it was registered.
+    """
+    CREATE TABLE webhooks (
+        id          INTEGER PRIMARY KEY,
+        url         TEXT    NOT NULL,
+        events      TEXT,
+        secret      TEXT    NOT NULL,
+        after_event INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE events (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        type       TEXT    NOT NULL,
+        request_id INTEGER,
+        result_id  INTEGER,
+        detail     TEXT,
+        created_at INTEGER NOT NULL
+    );
+    -- status: 0 pending, 1 delivered, 2 failed. first_at starts the retry window.
+    CREATE TABLE deliveries (
+        id           INTEGER PRIMARY KEY,
+        webhook_id   INTEGER NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+        event_id     INTEGER NOT NULL,
+        status       INTEGER NOT NULL DEFAULT 0 CHECK (status BETWEEN 0 AND 2),
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      INTEGER NOT NULL,
+        first_at     INTEGER NOT NULL,
+        last_error   TEXT,
+        last_status  INTEGER,
+        delivered_at INTEGER,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL
+    );
+    -- The notifier's due walk per endpoint, in next_at order without a sort.
+    CREATE INDEX deliveries_due ON deliveries (webhook_id, status, next_at);
+    -- The deliveries route: one endpoint's rows of one status, in id order.
+    CREATE INDEX deliveries_list ON deliveries (webhook_id, status);
     """,
 )
 
@@ -478,6 +521,7 @@ class Store:
             if suppressed:
                 cur.executemany("UPDATE requests SET status = 4, error = ? WHERE id = ?",
                                 suppressed)
+                self.emit_events(cur, events.SUPPRESSED, [rid for _, rid in suppressed])
         return Claimed(jobs, len(suppressed))
 
     def contents(self, ids: Iterable[int]) -> dict[int, Content]:
@@ -494,8 +538,8 @@ class Store:
     def next_due(self) -> int | None:
         """The earliest scheduled time among created requests (ms), or None when there are none.
         One index lookup per priority (a MIN over both would walk the index)."""
-        times = [self.db.execute(self.NEXT_DUE, (p,)).fetchone()[0] for p in PRIORITIES]
-        known = [int(t) for t in times if t is not None]
+        rows = [self.db.execute(self.NEXT_DUE, (p,)).fetchone() for p in PRIORITIES]
+        known = [int(row[0]) for row in rows if row is not None and row[0] is not None]
         return min(known) if known else None
 
     def release_processing(self, *, crashed: bool = False) -> Released:
@@ -510,11 +554,14 @@ class Store:
             failed = 0
             if crashed:
                 cur.execute("UPDATE requests SET crashes = crashes + 1 WHERE status = 1")
-                cur.execute("UPDATE requests SET status = 3, sending_at = NULL, updated_at = ?, "
-                            "error = 'the sender process crashed ' || crashes || "
-                            "' times while holding this request; not tried again' "
-                            "WHERE status = 1 AND crashes >= ?", (at, MAX_CRASHES))
-                failed = self.db.changes()
+                rows = cur.execute(
+                    "UPDATE requests SET status = 3, sending_at = NULL, updated_at = ?, "
+                    "error = 'the sender process crashed ' || crashes || "
+                    "' times while holding this request; not tried again' "
+                    "WHERE status = 1 AND crashes >= ? RETURNING id", (at, MAX_CRASHES))
+                failed_ids = [row[0] for row in rows]
+                failed = len(failed_ids)
+                self.emit_events(cur, events.FAILED, failed_ids, at=at)
             cur.execute("UPDATE requests SET status = 0, sending_at = NULL, updated_at = ? "
                         "WHERE status = 1", (at,))
             return Released(self.db.changes(), failed)
@@ -551,14 +598,24 @@ class Store:
             else:
                 released.append((o.at, o.request_id))
         with self._write() as cur:
+            # Events only for the rows these updates change (RETURNING), and only while a
+            # webhook is registered: otherwise the statements are exactly as cheap as before.
+            hooked = self._has_webhooks(cur)
+            returning = " RETURNING id" if hooked else ""
             if sent:
-                cur.executemany("UPDATE requests SET status = 2, message_id = ?, error = NULL, "
-                                "attempts = ?, sent_at = ?, updated_at = ?, sending_at = NULL "
-                                "WHERE id = ? AND status IN (1, 4)", sent)
+                rows = cur.executemany(
+                    "UPDATE requests SET status = 2, message_id = ?, error = NULL, "
+                    "attempts = ?, sent_at = ?, updated_at = ?, sending_at = NULL "
+                    "WHERE id = ? AND status IN (1, 4)" + returning, sent)
+                if hooked:
+                    self._emit(cur, events.SENT, [row[0] for row in rows])
             if failed:
-                cur.executemany("UPDATE requests SET status = 3, error = ?, attempts = ?, "
-                                "updated_at = ?, sending_at = NULL WHERE id = ? AND status = 1",
-                                failed)
+                rows = cur.executemany(
+                    "UPDATE requests SET status = 3, error = ?, attempts = ?, "
+                    "updated_at = ?, sending_at = NULL WHERE id = ? AND status = 1" + returning,
+                    failed)
+                if hooked:
+                    self._emit(cur, events.FAILED, [row[0] for row in rows])
             if retry:
                 cur.executemany("UPDATE requests SET error = ?, attempts = ?, updated_at = ?, "
                                 "sending_at = NULL WHERE id = ? AND status = 1", retry)
@@ -604,6 +661,10 @@ class Store:
                         (request_id, status, raw, sns_message_id, at))
             if not self.db.changes():
                 return False
+            kind = events.FROM_SES.get(status)
+            if kind is not None and request_id is not None:
+                self.emit_events(cur, kind, [request_id], at=at,
+                                 result_id=self.db.last_insert_rowid())
             if suppress:
                 cur.executemany(self.SUPPRESS,
                                 [(suppression_key(email), email, reason, sns_message_id, at)
@@ -628,14 +689,17 @@ class Store:
         INSERT INTO results (request_id, status, created_at) SELECT id, 'Open', ?
         FROM requests WHERE id = ?
         ON CONFLICT (request_id) WHERE status = 'Open' DO UPDATE SET hits = hits + 1
+        RETURNING id, hits
     """
 
     def record_open(self, request_id: int) -> bool:
         """The request's Open result: its one row, or one more hit on it; False if there is
-        no such request."""
+        no such request. The first open only is a `message.opened` event."""
         with self._write() as cur:
-            cur.execute(self.OPEN, (now_ms(), request_id))
-            return self.db.changes() > 0
+            row: Any = cur.execute(self.OPEN, (now_ms(), request_id)).fetchone()
+            if row is not None and row[1] == 1:
+                self.emit_events(cur, events.OPENED, [request_id], result_id=row[0])
+            return row is not None
 
     def add_open_hits(self, hits: dict[int, int]) -> None:
         """Later pixel hits counted in memory, added to each request's Open row at once."""
@@ -679,7 +743,7 @@ class Store:
 
     # Not a request whose call has started (sending_at): SES has it, it ends as SES answers.
     STOP_HELD = ("UPDATE requests SET status = 4, error = ?, updated_at = ? "
-                 "WHERE status = 1 AND sending_at IS NULL AND lower(email) = ?")
+                 "WHERE status = 1 AND sending_at IS NULL AND lower(email) = ? RETURNING id")
 
     def stop_suppressed_held(self, suppress: Sequence[tuple[str, str]]) -> int:
         """Stop processing (claimed, unsent) requests to newly suppressed addresses, with the
@@ -688,11 +752,12 @@ class Store:
         were stopped."""
         at = now_ms()
         with self._write() as cur:
-            before = self.db.total_changes()
-            cur.executemany(self.STOP_HELD, [(f"suppressed: {reason}", at,
-                                              suppression_key(email))
-                                             for email, reason in suppress])
-            return self.db.total_changes() - before
+            rows = cur.executemany(self.STOP_HELD, [(f"suppressed: {reason}", at,
+                                                     suppression_key(email))
+                                                    for email, reason in suppress])
+            stopped = [row[0] for row in rows]
+            self.emit_events(cur, events.SUPPRESSED, stopped, at=at)
+            return len(stopped)
 
     def remove_suppression(self, email: str) -> bool:
         with self._write() as cur:
@@ -754,3 +819,275 @@ class Store:
         if row is None:
             return None
         return dict(zip([d[0] for d in cur.getdescription()], row, strict=True))
+
+    # -- webhook events: written inside the transaction of their fact ---------------------------
+
+    EMIT = """
+        INSERT INTO events (type, request_id, result_id, detail, created_at)
+        SELECT ?1, value, ?2, ?3, ?4 FROM json_each(?5)
+    """
+
+    def emit_events(self, cur: apsw.Cursor, event_type: str, request_ids: Sequence[int], *,
+                    at: int | None = None, result_id: int | None = None,
+                    detail: Mapping[str, Any] | None = None) -> int:
+        """Record that `event_type` (see sesd.events) happened to each of `request_ids`, on
+        the cursor of the caller's open write transaction — the one that records the fact — so
+        a crash keeps both or neither. Writes nothing while no webhook is registered. `detail`
+        is a small JSON object the payload carries under data; `result_id` names the results
+        row whose SES event details the payload shows. Returns the events written."""
+        if not request_ids or not self._has_webhooks(cur):
+            return 0
+        return self._emit(cur, event_type, request_ids, at=at, result_id=result_id,
+                          detail=detail)
+
+    def _emit(self, cur: apsw.Cursor, event_type: str, request_ids: Sequence[int], *,
+              at: int | None = None, result_id: int | None = None,
+              detail: Mapping[str, Any] | None = None) -> int:
+        """emit_events once the caller knows a webhook is registered."""
+        if not request_ids:
+            return 0
+        cur.execute(self.EMIT, (event_type, result_id,
+                                orjson.dumps(detail).decode() if detail else None,
+                                now_ms() if at is None else at, orjson.dumps(list(request_ids))))
+        return self.db.changes()
+
+    def _has_webhooks(self, cur: apsw.Cursor) -> bool:
+        row = cur.execute("SELECT EXISTS (SELECT 1 FROM webhooks)").fetchone()
+        return row is not None and row[0] == 1
+
+    # -- webhook endpoints (API) ----------------------------------------------------------------
+
+    def add_webhook(self, url: str, event_types: Sequence[str] | None, secret: str, *,
+                    limit: int) -> dict[str, Any] | None:
+        """Register an endpoint for the events committed from now on; None when `limit`
+        endpoints exist already."""
+        at = now_ms()
+        with self._write() as cur:
+            if self._scalar_int("SELECT COUNT(*) FROM webhooks") >= limit:
+                return None
+            after = self._scalar_int("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+            filter_json = None if event_types is None else orjson.dumps(list(event_types)).decode()
+            webhook_id = cur.execute(
+                "INSERT INTO webhooks (url, events, secret, after_event, created_at) "
+                "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (url, filter_json, secret, after, at)).fetchall()[0][0]
+        return {"id": webhook_id, "url": url, "events": event_types, "createdAt": at}
+
+    WEBHOOK_COLUMNS = "id, url, events, created_at"
+
+    @staticmethod
+    def _webhook_dict(row: Sequence[Any]) -> dict[str, Any]:
+        wid, url, filter_json, created = row
+        return {"id": wid, "url": url,
+                "events": None if filter_json is None else orjson.loads(filter_json),
+                "createdAt": created}
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(f"SELECT {self.WEBHOOK_COLUMNS} FROM webhooks ORDER BY id")
+        return [self._webhook_dict(row) for row in rows]
+
+    def get_webhook(self, webhook_id: int) -> dict[str, Any] | None:
+        """One endpoint (never its secret) with its deliveries counted by status."""
+        row = self.db.execute(f"SELECT {self.WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?",
+                              (webhook_id,)).fetchone()
+        if row is None:
+            return None
+        counts = dict.fromkeys(DELIVERY_STATUS_NAMES, 0)
+        for status, n in self.db.execute("SELECT status, COUNT(*) FROM deliveries "
+                                         "WHERE webhook_id = ? GROUP BY status", (webhook_id,)):
+            counts[DELIVERY_STATUS_NAMES[status]] = n
+        return {**self._webhook_dict(row), "deliveries": counts}
+
+    def delete_webhook(self, webhook_id: int) -> bool:
+        """Remove an endpoint and its deliveries (the events stay for the others)."""
+        with self._write() as cur:
+            cur.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,))
+            return self.db.changes() > 0
+
+    DELIVERY_PAGE = """
+        SELECT d.id, d.event_id, e.type, e.request_id, d.status, d.attempts, d.last_error,
+               d.last_status, d.next_at, d.delivered_at, d.created_at, d.updated_at
+        FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
+        WHERE d.webhook_id = ? AND d.status = ? AND d.id > ? ORDER BY d.id LIMIT ?
+    """
+
+    def list_deliveries(self, webhook_id: int, statuses: Sequence[int], *, after: int = 0,
+                        limit: int = 100) -> list[dict[str, Any]]:
+        """One page of an endpoint's deliveries in id order (one index walk per status, merged,
+        as topic_requests does)."""
+        rows: list[tuple[Any, ...]] = []
+        for status in statuses:
+            rows.extend(self.db.execute(self.DELIVERY_PAGE, (webhook_id, status, after, limit)))
+        rows.sort(key=lambda row: row[0])
+        return [self._delivery_dict(row) for row in rows[:limit]]
+
+    @staticmethod
+    def _delivery_dict(row: Sequence[Any]) -> dict[str, Any]:
+        (did, event_id, kind, request_id, status, attempts, error, http_status, next_at,
+         delivered_at, created, updated) = row
+        return {"id": did, "eventId": events.webhook_id(event_id), "type": kind,
+                "requestId": request_id, "status": DELIVERY_STATUS_NAMES[status],
+                "attempts": attempts, "lastError": error, "lastStatus": http_status,
+                "nextAt": next_at if status == PENDING else None, "deliveredAt": delivered_at,
+                "createdAt": created, "updatedAt": updated}
+
+    def retry_delivery(self, webhook_id: int, delivery_id: int) -> dict[str, Any] | None:
+        """Queue one delivery again now, with a fresh retry window (failed or delivered alike:
+        a receiver that lost an event asks for it again); None if the endpoint has no such
+        delivery."""
+        at = now_ms()
+        with self._write() as cur:
+            cur.execute("UPDATE deliveries SET status = 0, attempts = 0, next_at = ?, "
+                        "first_at = ?, updated_at = ? WHERE id = ? AND webhook_id = ?",
+                        (at, at, at, delivery_id, webhook_id))
+            if not self.db.changes():
+                return None
+            row = cur.execute(self.DELIVERY_PAGE.replace("d.status = ? AND d.id > ?",
+                                                         "d.id = ?"),
+                              (webhook_id, delivery_id, 1)).fetchone()
+        assert row is not None  # updated just above, in this transaction
+        return self._delivery_dict(row)
+
+    # -- webhook delivery (notifier) --------------------------------------------------------------
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(*row) for row in self.db.execute(
+            "SELECT id, url, secret FROM webhooks ORDER BY id")]
+
+    def latest_event(self) -> int:
+        """The newest event id (0: none yet); by the primary key, without a scan."""
+        return self._scalar_int("SELECT MAX(id) FROM events")
+
+    def event_cursor(self) -> int:
+        """The last event fanned out to the endpoints' deliveries."""
+        return self._scalar_int("SELECT CAST(value AS INTEGER) FROM settings WHERE key = ?",
+                                (EVENT_CURSOR,))
+
+    FAN_OUT = """
+        INSERT INTO deliveries (webhook_id, event_id, next_at, first_at, created_at, updated_at)
+        SELECT w.id, e.id, ?3, ?3, ?3, ?3 FROM events AS e JOIN webhooks AS w
+        WHERE e.id > ?1 AND e.id <= ?2 AND e.id > w.after_event
+          AND (w.events IS NULL OR e.type IN (SELECT value FROM json_each(w.events)))
+        ORDER BY e.id, w.id
+    """
+
+    def fan_out(self, limit: int) -> tuple[int, int]:
+        """Turn the next `limit` events into one pending delivery per matching endpoint, and
+        advance the cursor past them in the same transaction: each event is fanned out exactly
+        once, whatever crashes. Returns (events, deliveries) made."""
+        at = now_ms()
+        with self._write() as cur:
+            cursor = self.event_cursor()
+            upto = self._scalar_int("SELECT MAX(id) FROM (SELECT id FROM events WHERE id > ? "
+                                    "ORDER BY id LIMIT ?)", (cursor, limit))
+            if upto <= cursor:
+                return 0, 0
+            cur.execute(self.FAN_OUT, (cursor, upto, at))
+            made = self.db.changes()
+            cur.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                        "DO UPDATE SET value = excluded.value", (EVENT_CURSOR, str(upto)))
+            seen = self._scalar_int("SELECT COUNT(*) FROM events WHERE id > ? AND id <= ?",
+                                    (cursor, upto))
+        return seen, made
+
+    DUE = """
+        SELECT d.id, d.event_id, d.attempts, d.first_at, e.type, e.created_at, e.request_id,
+               e.detail, r.topic_id, r.email, r.message_id, r.error, res.status, res.raw
+        FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
+        LEFT JOIN requests AS r ON r.id = e.request_id
+        LEFT JOIN results AS res ON res.id = e.result_id
+        WHERE d.webhook_id = ? AND d.status = 0 AND d.next_at <= ?
+        ORDER BY d.next_at, d.id LIMIT ?
+    """
+
+    def due_deliveries(self, webhook_id: int, now: int, limit: int) -> list[DueDelivery]:
+        """An endpoint's pending deliveries whose time has come, oldest first, with what their
+        payload is made of (the request row as it is now, the SES event if any)."""
+        return [DueDelivery(*row) for row in self.db.execute(self.DUE, (webhook_id, now, limit))]
+
+    def record_attempts(self, attempts: Sequence[Attempt]) -> None:
+        """Write a batch of delivery attempts in one transaction. A retry or a failure only
+        touches a pending delivery: one delivered meanwhile (by another attempt) stays so."""
+        done, retry, failed = [], [], []
+        for a in attempts:
+            if a.status == DELIVERED:
+                done.append((a.http_status, a.at, a.at, a.delivery_id))
+            elif a.status == PENDING:
+                retry.append((a.next_at, a.error, a.http_status, a.at, a.delivery_id))
+            else:
+                failed.append((a.error, a.http_status, a.at, a.delivery_id))
+        with self._write() as cur:
+            if done:
+                cur.executemany("UPDATE deliveries SET status = 1, attempts = attempts + 1, "
+                                "last_error = NULL, last_status = ?, delivered_at = ?, "
+                                "updated_at = ? WHERE id = ?", done)
+            if retry:
+                cur.executemany("UPDATE deliveries SET attempts = attempts + 1, next_at = ?, "
+                                "last_error = ?, last_status = ?, updated_at = ? "
+                                "WHERE id = ? AND status = 0", retry)
+            if failed:
+                cur.executemany("UPDATE deliveries SET status = 2, attempts = attempts + 1, "
+                                "last_error = ?, last_status = ?, updated_at = ? "
+                                "WHERE id = ? AND status = 0", failed)
+
+    def hurry_deliveries(self, webhook_id: int, at: int | None = None) -> int:
+        """The endpoint answers again: its backed-off pending deliveries are due now rather
+        than at the end of their (by now long) backoff."""
+        at = now_ms() if at is None else at
+        with self._write() as cur:
+            cur.execute("UPDATE deliveries SET next_at = ? WHERE webhook_id = ? AND status = 0 "
+                        "AND next_at > ?", (at, webhook_id, at))
+            return self.db.changes()
+
+    def expire_deliveries(self, webhook_id: int, window_ms: int, at: int | None = None) -> int:
+        """Fail the endpoint's pending deliveries whose retry window has passed (they waited on
+        an endpoint held shut, so no attempt of theirs could end them)."""
+        at = now_ms() if at is None else at
+        with self._write() as cur:
+            cur.execute("UPDATE deliveries SET status = 2, updated_at = ?1, last_error = "
+                        "COALESCE(last_error, 'the endpoint was unreachable') || "
+                        "' (gave up: not delivered within the retry window)' "
+                        "WHERE webhook_id = ?2 AND status = 0 AND first_at < ?3",
+                        (at, webhook_id, at - window_ms))
+            return self.db.changes()
+
+
+EVENT_CURSOR = "webhook_event_cursor"
+PENDING, DELIVERED, GAVE_UP = 0, 1, 2
+DELIVERY_STATUS_NAMES = ("pending", "delivered", "failed")
+
+
+class Endpoint(NamedTuple):
+    id: int
+    url: str
+    secret: str
+
+
+class DueDelivery(NamedTuple):
+    """A delivery to attempt, with the rows its payload is composed of."""
+
+    delivery_id: int
+    event_id: int
+    attempts: int
+    first_at: int  # ms: start of its retry window
+    type: str
+    created_at: int  # ms: when the fact happened
+    request_id: int | None
+    detail: str | None  # the event's small JSON detail
+    topic_id: str | None
+    email: str | None
+    message_id: str | None
+    error: str | None
+    result_status: str | None  # the SES event type of the result the event came from
+    result_raw: str | None  # and its full JSON
+
+
+class Attempt(NamedTuple):
+    """What one delivery attempt ended in: DELIVERED, PENDING (retry at next_at) or GAVE_UP."""
+
+    delivery_id: int
+    status: int
+    at: int
+    http_status: int | None = None
+    error: str | None = None
+    next_at: int = 0

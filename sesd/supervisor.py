@@ -1,4 +1,5 @@
-"""`python run.py`: spawns the API, scheduler and sender, restarts what dies, stops in order.
+"""`python run.py`: spawns the API, scheduler, sender and notifier, restarts what dies, stops
+in order.
 
 Signal handlers only record the signal; the main loop acts on it (uvicorn's pattern). A child
 that dies is restarted; if it was the scheduler or the sender, the whole pipeline between them is
@@ -29,6 +30,7 @@ from .child import EX_CONFIG, bootstrap
 from .errors import ConfigError, StorageFullError
 from .health import HealthTable
 from .messages import ROLES
+from .notifier.process import main as notifier_main
 from .scheduler import SchedulerChannels
 from .scheduler import main as scheduler_main
 from .sender.process import SenderChannels
@@ -76,6 +78,9 @@ class Supervisor:
     def _start_api(self) -> None:
         self._spawn("api", api_main, ApiChannels(self.nudges_w, self.health, self.stop_epoch))
 
+    def _start_notifier(self) -> None:
+        self._spawn("notifier", notifier_main, None)  # it talks to the others only via the store
+
     def _start_pipeline(self) -> None:
         work = self.ctx.Queue()
         credits_r, credits_w = self.ctx.Pipe(duplex=False)
@@ -118,6 +123,7 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         self._start_api()
         self._start_pipeline()
+        self._start_notifier()
         code = RET_OK
         while not self.signals:
             wait([p.sentinel for p in self.procs.values()] + [self._wake_r], timeout=1.0)
@@ -146,6 +152,9 @@ class Supervisor:
             return
         if role == "api":
             self._start_api()
+            return
+        if role == "notifier":
+            self._start_notifier()
             return
         # Scheduler or sender: the other one goes too (a sender drains and hands back), then
         # both start on new queues. The new scheduler starts only once no sender holds rows.
@@ -179,12 +188,14 @@ class Supervisor:
         return not self.signals
 
     def _shutdown(self) -> None:
-        """Intake first, then the scheduler, then the sender drains within its grace."""
+        """Intake first, then the scheduler, then the sender drains within its grace; the
+        notifier last, so the events of the sender's last sends are on their way too."""
         log.info("shutting down")
         grace = self.settings.shutdown_grace
         self._stop("api", grace + 5)
         self._stop("scheduler", 5)
         self._stop("sender", grace + 5)
+        self._stop("notifier", min(grace, self.settings.webhook_timeout) + 5)
         released = self.store.release_processing().released
         log.info("stopped", returned_to_created=released)
 

@@ -14,6 +14,7 @@ import botocore.session
 import psutil
 import pytest
 
+from sesd.messages import ROLES
 from sesd.testing.harness import RUN_PY, Service, Standin, role_of
 from tests.spawn_guard import GUARD, SpawnInFastTest
 
@@ -99,7 +100,7 @@ def test_children_by_title_are_the_ones_health_reports(
         spawn_sesd: Callable[..., Service]) -> None:
     sesd = spawn_sesd()
     health = sesd.pids()
-    assert set(health) == {"api", "scheduler", "sender"}
+    assert set(health) == set(ROLES)
     deadline = time.monotonic() + 10
     while (titled := sesd.children()).keys() < health.keys() and time.monotonic() < deadline:
         time.sleep(0.05)  # titles are set as each child starts

@@ -50,7 +50,7 @@ def test_health_reports_every_process(service: Service) -> None:
     assert status == 200
     assert health["status"] == "ok"
     assert health["transport"] == "outbox"
-    assert set(health["processes"]) == {"api", "scheduler", "sender"}
+    assert set(health["processes"]) == {"api", "scheduler", "sender", "notifier"}
     for proc in health["processes"].values():
         assert proc["alive"] is True and proc["pid"] > 0 and proc["restarts"] == 0
 
@@ -65,7 +65,7 @@ def test_sigint_exits_zero(service: Service) -> None:
     assert service.stop(signal.SIGINT, timeout=20) == 0
 
 
-@pytest.mark.parametrize("role", ["api", "scheduler", "sender"])
+@pytest.mark.parametrize("role", ["api", "scheduler", "sender", "notifier"])
 def test_killed_child_comes_back_and_work_continues(service: Service, role: str) -> None:
     before = service.pids()
     os.kill(before[role], signal.SIGKILL)

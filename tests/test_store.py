@@ -59,8 +59,8 @@ def test_claim_takes_due_rows_in_schedule_order(store: Store) -> None:
     add(store, "future", 2, now + 60_000)
     claimed = store.claim_due(3, now)
     # The earliest scheduled win; RETURNING order itself is unspecified.
-    assert {email for _, email, _, _ in claimed.jobs} == {"early0@example.com", "early1@example.com",
-                                                       "late0@example.com"}
+    assert {job[1] for job in claimed.jobs} == {"early0@example.com", "early1@example.com",
+                                                "late0@example.com"}
     assert all(status_of(store, rid) == PROCESSING for rid, _, _, _ in claimed.jobs)
     assert len(store.claim_due(10, now).jobs) == 1  # the future rows stay
     assert store.next_due() == now + 60_000

@@ -37,6 +37,7 @@ from .base import (
     read_capped,
     require_key,
 )
+from .webhooks import add_webhook_routes
 
 T = TypeVar("T")
 log = structlog.get_logger()
@@ -391,5 +392,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/suppressions", list_suppressions)
     app.router.add_put("/v1/suppressions/{email}", put_suppression)
     app.router.add_delete("/v1/suppressions/{email}", delete_suppression)
+    add_webhook_routes(app)
     app.router.add_get("/health", health)
     app.router.add_get("/openapi.json", openapi)

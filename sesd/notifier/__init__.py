@@ -1,0 +1,1 @@
+"""The notifier process: fans events out to webhook endpoints and delivers them, signed."""
