@@ -23,6 +23,9 @@ class Job(NamedTuple):
 BULK, TRANSACTIONAL = "bulk", "transactional"
 STREAMS = (BULK, TRANSACTIONAL)
 DEFAULT_LIST = "default"
+# The variable (and, in non-template content, the literal `{{unsubscribeUrl}}`) that becomes a
+# bulk recipient's unsubscribe page URL.
+UNSUBSCRIBE_VARIABLE = "unsubscribeUrl"
 
 
 @dataclass(frozen=True, slots=True)

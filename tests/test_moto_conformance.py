@@ -26,7 +26,7 @@ from aiobotocore.session import AioSession
 
 from sesd.config import Settings
 from sesd.errors import BulkUnsupportedError, IdentityNotVerifiedError
-from sesd.transports import PIXEL_PLACEHOLDER, BulkEntry, Email
+from sesd.transports import BulkEntry, BulkTemplate, Email, Envelope
 from sesd.transports.ses import SesTransport
 
 # moto's server is a subprocess, started once for the module.
@@ -106,6 +106,13 @@ async def moto(moto_server: Moto, aws_env: Callable[[str], None]) -> AsyncIterat
     yield moto_server
 
 
+def email(request_id: int, to: str, subject: str, html: str, *, text: str | None = None,
+          sender: str = SENDER) -> Email:
+    return Email(request_id, to, Envelope(sender, ("reply@example.net",), "sesd-events"),
+                 subject, html, text, (("X-Request-ID", str(request_id)),),
+                 (("campaign", "spring"),))
+
+
 async def transport(sender: str = SENDER) -> SesTransport:
     settings = Settings(
         email_transport="ses", email_sender=sender, ses_config_set="sesd-events", aws_region=REGION
@@ -119,7 +126,8 @@ async def test_send_email_as_moto_reads_it(moto: Moto) -> None:
     html = '<p>안녕하세요</p><img src="https://t.example/o?r=42&amp;s=x">'
     ses = await transport()
     try:
-        message_id = await ses.send(Email(42, "rcpt@example.net", "Grüße 👋", html))
+        message_id = await ses.send(email(42, "rcpt@example.net", "Grüße 👋", html,
+                                          text="안녕하세요"))
     finally:
         await ses.close()
 
@@ -134,9 +142,12 @@ async def test_send_email_as_moto_reads_it(moto: Moto) -> None:
     simple = request["Content"]["Simple"]
     assert simple["Headers"] == [{"Name": "X-Request-ID", "Value": "42"}]
     assert simple["Subject"] == {"Data": "Grüße 👋", "Charset": "UTF-8"}
-    assert simple["Body"] == {"Html": {"Data": html, "Charset": "UTF-8"}}
+    assert simple["Body"] == {"Html": {"Data": html, "Charset": "UTF-8"},
+                              "Text": {"Data": "안녕하세요", "Charset": "UTF-8"}}
     assert request["ConfigurationSetName"] == "sesd-events"
     assert request["FromEmailAddress"] == SENDER
+    assert request["ReplyToAddresses"] == ["reply@example.net"]
+    assert request["EmailTags"] == [{"Name": "campaign", "Value": "spring"}]
 
 
 async def test_unverified_sender_holds_its_mail(moto: Moto) -> None:
@@ -145,7 +156,8 @@ async def test_unverified_sender_holds_its_mail(moto: Moto) -> None:
     ses = await transport(sender="stranger@example.org")
     try:
         with pytest.raises(IdentityNotVerifiedError) as info:
-            await ses.send(Email(1, "rcpt@example.net", "s", "<p>h</p>"))
+            await ses.send(email(1, "rcpt@example.net", "s", "<p>h</p>",
+                                 sender="stranger@example.org"))
     finally:
         await ses.close()
     assert info.value.code == "MessageRejected"
@@ -155,13 +167,16 @@ async def test_unverified_sender_holds_its_mail(moto: Moto) -> None:
 
 
 async def test_send_bulk_email(moto: Moto) -> None:
+    # The pass-through shape: each entry its own finished message.
     entries = [
-        BulkEntry(1, "one@example.net", "https://t.example/o?r=1"),
-        BulkEntry(2, "two@example.net", "https://t.example/o?r=2"),
+        BulkEntry(i, f"r{i}@example.net", json.dumps({"s": f"S{i}", "h": f"<p>{i}</p>",
+                                                       "t": str(i)}),
+                  (("X-Request-ID", str(i)),)) for i in (1, 2)
     ]
     ses = await transport()
     try:
-        results = await ses.send_bulk("Bulk", f'<img src="{PIXEL_PLACEHOLDER}">', entries)
+        results = await ses.send_bulk(Envelope(SENDER),
+                                      BulkTemplate("{{{s}}}", "{{{h}}}", "{{{t}}}"), entries)
     except BulkUnsupportedError as exc:
         # What the sender needs to fall back to SendEmail: the 404 page read as "no such
         # operation", and a one-line reason, not the page's markup.

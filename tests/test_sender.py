@@ -80,11 +80,12 @@ async def test_all_sent_once_with_pixel_and_request_id(tmp_path: Path, standin: 
     assert sender.counters.calls == (3 if bulk else 120)  # 50 + 50 + 20 entries
 
 
-async def test_template_syntax_goes_out_one_by_one(tmp_path: Path, standin: SesStandin) -> None:
-    await run_sender(settings(tmp_path), 5, html="<p>Hi {{name}}</p>")
+async def test_template_syntax_goes_out_verbatim_in_one_pass_through_call(
+        tmp_path: Path, standin: SesStandin) -> None:
+    sender, _ = await run_sender(settings(tmp_path), 5, html="<p>Hi {{name}} }}}</p>")
     assert len(standin.sends) == 5
-    assert all(not s.get("bulk") for s in standin.sends)
-    assert all("{{name}}" in s["html"] for s in standin.sends)
+    assert sender.counters.calls == 1 and all(s["bulk"] for s in standin.sends)
+    assert all("<p>Hi {{name}} }}}</p>" in s["html"] for s in standin.sends)
 
 
 async def test_rejections_fail_with_text_and_faults_are_retried(tmp_path: Path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
+import json
 import os
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from sesd.config import Settings
 from sesd.errors import PermanentSendError, RetryableSendError
-from sesd.transports import PIXEL_PLACEHOLDER, BulkEntry, Email
+from sesd.transports import BulkEntry, BulkTemplate, Email, Envelope
 from sesd.transports.outbox import OutboxTransport
 
 HEADERS = (
@@ -32,6 +33,23 @@ HEADERS = (
     "Content-Transfer-Encoding",
     "MIME-Version",
 )
+
+
+ENVELOPE = Envelope("news@example.com")
+PIXEL_TEMPLATE = BulkTemplate("s", "{{{sesdPixel}}}")
+
+
+def email(request_id: int, to: str, subject: str, html: str, *, text: str | None = None,
+          envelope: Envelope = ENVELOPE, headers: tuple[tuple[str, str], ...] = (),
+          tags: tuple[tuple[str, str], ...] = ()) -> Email:
+    """An Email as the sender composes it: X-Request-ID first."""
+    return Email(request_id, to, envelope, subject, html, text,
+                 (("X-Request-ID", str(request_id)), *headers), tags)
+
+
+def entry(request_id: int, to: str, pixel: str) -> BulkEntry:
+    return BulkEntry(request_id, to, json.dumps({"sesdPixel": pixel}),
+                     (("X-Request-ID", str(request_id)),))
 
 
 # Subjects that are RFC 2047 encoded words, hiding any text (line breaks included) in base64.
@@ -60,7 +78,7 @@ async def test_send_writes_a_complete_message(tmp_path: Path) -> None:
     transport = outbox(directory)
     await transport.start()
     body = "<p>안녕하세요 — “quotes”</p>" + "x" * 2000
-    message_id = await transport.send(Email(42, "rcpt@example.net", "Grüße 👋", body))
+    message_id = await transport.send(email(42, "rcpt@example.net", "Grüße 👋", body))
     await transport.close()
 
     assert message_id.startswith("outbox-")
@@ -80,11 +98,30 @@ async def test_send_writes_a_complete_message(tmp_path: Path) -> None:
     assert transport.name == "outbox"
 
 
-async def test_default_sender_without_configuration(tmp_path: Path) -> None:
-    transport = outbox(tmp_path, sender="")
+async def test_every_field_of_the_message_is_in_the_file(tmp_path: Path) -> None:
+    transport = outbox(tmp_path)
     await transport.start()
-    await transport.send(Email(1, "a@example.net", "s", "<p>h</p>"))
-    assert read(files(tmp_path)[0])["From"] == "sesd@localhost"
+    envelope = Envelope("=?utf-8?b?R3LDvMOfZQ==?= <news@example.com>", ("r@example.com",),
+                        "events")
+    await transport.send(email(
+        5, "a@example.net", "s", "<p>Hello <b>you</b></p>", text="Hello you",
+        envelope=envelope, headers=(("List-Unsubscribe", "<https://x.example/u/5.t>"),
+                                    ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")),
+        tags=(("campaign", "spring"), ("kind", "news"))))
+    message = read(files(tmp_path)[0])
+    assert message["From"] == "Grüße <news@example.com>"
+    assert message["Reply-To"] == "r@example.com"
+    assert message["List-Unsubscribe"] == "<https://x.example/u/5.t>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["X-SES-CONFIGURATION-SET"] == "events"
+    assert message["X-SES-MESSAGE-TAGS"] == "campaign=spring, kind=news"
+    # Text and HTML as alternatives, the preferred (HTML) last; no defect in either.
+    assert message.get_content_type() == "multipart/alternative"
+    assert not message.defects and all(not part.defects for part in message.walk())
+    plain, rich = message.get_payload()
+    assert (plain.get_content_type(), rich.get_content_type()) == ("text/plain", "text/html")
+    assert plain.get_content().strip() == "Hello you"
+    assert message.get_body(("html",)).get_content().strip() == "<p>Hello <b>you</b></p>"
 
 
 @pytest.mark.parametrize(
@@ -108,7 +145,7 @@ async def test_header_injection_is_permanent_and_leaves_nothing(
     transport = outbox(tmp_path)
     await transport.start()
     with pytest.raises(PermanentSendError):
-        await transport.send(Email(1, to, subject, "<p>h</p>"))
+        await transport.send(email(1, to, subject, "<p>h</p>"))
     assert files(tmp_path) == []
 
 
@@ -116,33 +153,35 @@ async def test_unencodable_body_is_permanent(tmp_path: Path) -> None:
     transport = outbox(tmp_path)
     await transport.start()
     with pytest.raises(PermanentSendError):
-        await transport.send(Email(1, "a@example.net", "s", "lone surrogate \ud800"))
+        await transport.send(email(1, "a@example.net", "s", "lone surrogate \ud800"))
     assert files(tmp_path) == []
 
 
 async def test_bulk_renders_the_pixel_per_entry(tmp_path: Path) -> None:
     transport = outbox(tmp_path)
     await transport.start()
-    template = f'<p>Hi</p><img src="{PIXEL_PLACEHOLDER}" alt="">'
+    template = BulkTemplate("Bulk", '<p>Hi</p><img src="{{{sesdPixel}}}" alt="">')
+    pixels = {1: "https://t.example/o?r=1&s=a", 2: "https://t.example/o?r=2&s=b",
+              3: 'https://t.example/o?r=3&s="><script>'}
     entries = [
-        BulkEntry(1, "one@example.net", "https://t.example/o?r=1&s=a"),
-        BulkEntry(2, "two@example.net\r\nBcc: x@example.org", "https://t.example/o?r=2&s=b"),
-        BulkEntry(3, "three@example.net", 'https://t.example/o?r=3&s="><script>'),
+        entry(1, "one@example.net", html.escape(pixels[1])),
+        entry(2, "two@example.net\r\nBcc: x@example.org", html.escape(pixels[2])),
+        entry(3, "three@example.net", html.escape(pixels[3])),
     ]
-    results = await transport.send_bulk("Bulk", template, entries)
+    results = await transport.send_bulk(ENVELOPE, template, entries)
 
     assert [r.request_id for r in results] == [1, 2, 3]
     assert results[0].error is None and results[2].error is None
     assert isinstance(results[1].error, PermanentSendError) and results[1].message_id is None
     written = {read(p)["X-Request-ID"]: read(p) for p in files(tmp_path)}
     assert set(written) == {"1", "3"}
-    for entry in (entries[0], entries[2]):
-        message = written[str(entry.request_id)]
-        assert message["To"] == entry.to
+    for one in (entries[0], entries[2]):
+        message = written[str(one.request_id)]
+        assert message["To"] == one.to
         assert message["Subject"] == "Bulk"
-        expected = f'<p>Hi</p><img src="{html.escape(entry.pixel_url)}" alt="">'
+        expected = f'<p>Hi</p><img src="{html.escape(pixels[one.request_id])}" alt="">'
         assert message.get_content().rstrip("\r\n") == expected
-    assert await transport.send_bulk("Bulk", template, []) == []
+    assert await transport.send_bulk(ENVELOPE, template, []) == []
 
 
 async def test_no_partial_files_under_concurrency(tmp_path: Path) -> None:
@@ -150,7 +189,7 @@ async def test_no_partial_files_under_concurrency(tmp_path: Path) -> None:
     await transport.start()
     body = "<p>" + "y" * 100_000 + "</p>"
     ids = await asyncio.gather(
-        *(transport.send(Email(i, f"r{i}@example.net", "s", body)) for i in range(30))
+        *(transport.send(email(i, f"r{i}@example.net", "s", body)) for i in range(30))
     )
     assert len(set(ids)) == 30
     names = [p.name for p in files(tmp_path)]
@@ -165,8 +204,8 @@ async def test_unwritable_outbox_is_retryable_and_leaves_no_tmp(tmp_path: Path) 
     await transport.start()
     os.rmdir(tmp_path / "gone")
     with pytest.raises(RetryableSendError):
-        await transport.send(Email(1, "a@example.net", "s", "h"))
-    results = await transport.send_bulk("s", PIXEL_PLACEHOLDER, [BulkEntry(2, "b@x.example", "u")])
+        await transport.send(email(1, "a@example.net", "s", "h"))
+    results = await transport.send_bulk(ENVELOPE, PIXEL_TEMPLATE, [entry(2, "b@x.example", "u")])
     assert isinstance(results[0].error, RetryableSendError)
     assert files(tmp_path) == []
 
@@ -182,7 +221,7 @@ def test_any_text_either_round_trips_or_is_refused(tmp_path: Path, subject: str,
     async def attempt() -> str | None:
         await transport.start()
         try:
-            return await transport.send(Email(7, "a@example.net", subject, body))
+            return await transport.send(email(7, "a@example.net", subject, body))
         except PermanentSendError:
             return None
 

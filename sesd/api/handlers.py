@@ -20,7 +20,7 @@ from aiohttp import web
 
 from .. import addresses, sns, tracking
 from ..store import NewMessage, now_ms
-from . import schemas
+from . import options, schemas
 from .base import (
     CERTS,
     DB,
@@ -74,7 +74,9 @@ async def post_messages(request: web.Request) -> web.Response:
     now = now_ms()
     # Off the event loop: 20,000 recipients at as many IDN domains take seconds to validate,
     # and /health, SNS and the pixel must answer meanwhile.
-    messages = await asyncio.to_thread(_parse_messages, raw, now, settings.max_recipients)
+    rules = schemas.Rules(settings.max_recipients,
+                          options.SenderRules(settings.allowed_senders))
+    messages = await asyncio.to_thread(_parse_messages, raw, now, rules)
     summary = {"count": sum(len(m.emails) for m in messages), "messages": len(messages)}
     idempotency = None if key is None else (key, body_hash, orjson.dumps(summary))
     db = request.app[DB]
@@ -104,14 +106,14 @@ def _check_idempotency_key(key: str) -> None:
         raise ApiError(400, "Idempotency-Key must be valid UTF-8") from None
 
 
-def _parse_messages(raw: bytes, now: int, max_recipients: int) -> list[NewMessage]:
+def _parse_messages(raw: bytes, now: int, rules: schemas.Rules) -> list[NewMessage]:
     """Decode and validate a POST /v1/messages body (in a worker thread); ApiError 400."""
     try:
         body = orjson.loads(raw)  # refuses invalid UTF-8 and nesting deeper than 1024
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"invalid JSON: {exc}") from None
     try:
-        return schemas.parse_messages(body, now_ms=now, max_recipients=max_recipients)
+        return schemas.parse_messages(body, now_ms=now, rules=rules)
     except schemas.ValidationError as exc:
         raise ApiError(400, str(exc)) from None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Collection
 from dataclasses import dataclass
 from email.header import Header
 from typing import Any
@@ -185,10 +184,3 @@ def text(msg: dict[str, Any], where: str) -> str | None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"{where}.text must be a non-empty string")
     return value
-
-
-def unknown_fields(msg: dict[str, Any], where: str, known: Collection[str]) -> None:
-    """A misspelt option (`trackclicks`) would silently do nothing: refuse it."""
-    for name in msg:
-        if name not in known:
-            raise ValidationError(f"{where}.{name[:60]} is not a message field")

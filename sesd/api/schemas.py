@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ..addresses import CONTROL_CHARS, AddressError, canonical_address, key_of_canonical
+from ..messages import BULK, Content
 from ..store import STATUS_NAMES, NewMessage
+from . import bodies, options
 from .checks import ValidationError, quote
 
 __all__ = ["ValidationError", "parse_messages", "quote"]
@@ -88,8 +92,95 @@ def _scheduled(msg: dict[str, Any], where: str, now_ms: int) -> int:
     return max(now_ms, at)  # a time in the past sends now: never a silent drop
 
 
-def parse_messages(body: Any, *, now_ms: int, max_recipients: int) -> list[NewMessage]:
+@dataclass(frozen=True)
+class Rules:
+    """What intake needs of the configuration."""
+
+    max_recipients: int = 100_000
+    senders: options.SenderRules = dataclasses.field(
+        default_factory=lambda: options.SenderRules(frozenset()))
+
+
+def _recipients(msg: dict[str, Any], where: str) -> tuple[list[str], list[str | None] | None]:
+    """`emails` and `recipients` together, in canonical form, each mailbox once (the first
+    spelling, and its data, win); the data list is None when no recipient has any."""
+    emails: list[str] = []
+    data: list[str | None] = []
+    given = msg.get("emails")
+    if given is not None or "recipients" not in msg:
+        emails = _emails(msg, where)
+        data = [None] * len(emails)
+    entries = msg.get("recipients")
+    if entries is not None:
+        if not isinstance(entries, list) or not entries:
+            raise ValidationError(f"{where}.recipients must be a non-empty list of "
+                                  '{"email", "data"} objects')
+        for i, entry in enumerate(entries):
+            at = f"{where}.recipients[{i}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("email"), str):
+                raise ValidationError(f"{at} must be an object with an \"email\" string")
+            try:
+                emails.append(canonical_address(entry["email"].strip()))
+            except AddressError as exc:
+                raise ValidationError(f"{at}.email: {exc}") from None
+            data.append(bodies.recipient_data(entry.get("data"), f"{at}.data"))
+    keys = list(map(key_of_canonical, emails))
+    if len(set(keys)) != len(keys):
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        kept = sorted(first.values())
+        emails, data = [emails[i] for i in kept], [data[i] for i in kept]
+    return emails, (data if any(d is not None for d in data) else None)
+
+
+def _message(msg: dict[str, Any], where: str, now_ms: int, rules: Rules) -> NewMessage:
+    # The topic id is the client's key for stats and stop: kept exactly as given.
+    topic = _text(msg, "topicId", where)
+    if len(topic) > MAX_TOPIC_LENGTH or _CONTROL.search(topic):
+        raise ValidationError(f"{where}.topicId must be at most {MAX_TOPIC_LENGTH} characters "
+                              "without control characters")
+    subject = _text(msg, "subject", where).strip()
+    if _CONTROL.search(subject):
+        raise ValidationError(f"{where}.subject must not contain line breaks or control "
+                              "characters")
+    if len(subject) > MAX_SUBJECT_LENGTH:
+        raise ValidationError(f"{where}.subject must be at most {MAX_SUBJECT_LENGTH} "
+                              "characters")
+    html = _text(msg, "content", where)
+    stream = options.stream(msg, where)
+    defaults = msg.get("data")
+    if defaults is not None and not isinstance(defaults, dict):
+        raise ValidationError(f"{where}.data must be an object")
+    template = msg.get("template", False)
+    if not isinstance(template, bool):
+        raise ValidationError(f"{where}.template must be true or false")
+    emails, data = _recipients(msg, where)
+    template = template or defaults is not None or data is not None
+    track_opens, track_clicks = options.tracking(msg, where)
+    prepared, checks = bodies.prepare(subject, html, options.text(msg, where), where,
+                                      template=template, track_clicks=track_clicks)
+    if checks:
+        bodies.check_recipients(where, checks, defaults or {}, emails, data,
+                                bulk=stream == BULK)
+    content = Content(
+        topic_id=topic, subject=subject, html=html, text=prepared.text, stream=stream,
+        list_id=options.list_id(msg, where), sender=options.sender(msg, where, rules.senders),
+        reply_to=options.reply_to(msg, where), headers=options.headers(msg, where),
+        tags=options.tags(msg, where), config_set=options.config_set(msg, where),
+        template=template,
+        data=bodies.recipient_data(defaults, f"{where}.data") if defaults else None,
+        track_opens=track_opens, track_clicks=track_clicks, links=prepared.links)
+    return NewMessage(topic, emails, subject, html, _scheduled(msg, where, now_ms), data,
+                      content)
+
+
+def parse_messages(body: Any, *, now_ms: int, max_recipients: int | None = None,
+                   rules: Rules | None = None) -> list[NewMessage]:
     """Validate a `POST /v1/messages` body; raise ValidationError naming the first problem."""
+    rules = rules or Rules()
+    if max_recipients is not None:
+        rules = dataclasses.replace(rules, max_recipients=max_recipients)
     if not isinstance(body, dict):
         raise ValidationError("body must be a JSON object with a 'messages' list")
     messages = body.get("messages")
@@ -101,26 +192,14 @@ def parse_messages(body: Any, *, now_ms: int, max_recipients: int) -> list[NewMe
         where = f"messages[{index}]"
         if not isinstance(msg, dict):
             raise ValidationError(f"{where} must be an object")
-        # The topic id is the client's key for stats and stop: kept exactly as given.
-        topic = _text(msg, "topicId", where)
-        if len(topic) > MAX_TOPIC_LENGTH or _CONTROL.search(topic):
-            raise ValidationError(f"{where}.topicId must be at most {MAX_TOPIC_LENGTH} characters "
-                                  "without control characters")
-        subject = _text(msg, "subject", where).strip()
-        if _CONTROL.search(subject):
-            raise ValidationError(f"{where}.subject must not contain line breaks or control "
-                                  "characters")
-        if len(subject) > MAX_SUBJECT_LENGTH:
-            raise ValidationError(f"{where}.subject must be at most {MAX_SUBJECT_LENGTH} "
-                                  "characters")
-        html = _text(msg, "content", where)
-        emails = msg.get("emails")
         # Count before validating: a huge list is refused without a pass over it.
-        total += len(emails) if isinstance(emails, list) else 0
-        if total > max_recipients:
-            raise ValidationError(f"too many recipients: at most {max_recipients} per request")
-        parsed.append(NewMessage(topic, _emails(msg, where), subject, html,
-                                 _scheduled(msg, where, now_ms)))
+        for field in ("emails", "recipients"):
+            listed = msg.get(field)
+            total += len(listed) if isinstance(listed, list) else 0
+        if total > rules.max_recipients:
+            raise ValidationError(f"too many recipients: at most {rules.max_recipients} per "
+                                  "request")
+        parsed.append(_message(msg, where, now_ms, rules))
     return parsed
 
 

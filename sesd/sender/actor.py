@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from .. import telemetry, tracking
+from .. import telemetry
 from ..config import Settings
 from ..database import Database
 from ..errors import (
@@ -36,11 +36,12 @@ from ..errors import (
 )
 from ..messages import Batch, Content, Credit, Job
 from ..store import CREATED, FAILED, PROCESSING, SENT, Outcome, now_ms
-from ..transports import MAX_BULK_ENTRIES, PIXEL_PLACEHOLDER, BulkEntry, Email, Transport, bulk_safe
+from ..transports import MAX_BULK_ENTRIES, BulkEntry, BulkTemplate, Transport
 from .bucket import SlidingWindowBucket
+from .compose import PASSTHROUGH, Composer, Prepared
 from .ledger import FLUSH_ROWS, Ledger
 from .policy import Backoff, Breaker, Holds
-from .waiting import BULK, Held, Waiting
+from .waiting import BULK, TRANSACTIONAL, Held, Waiting
 
 log = structlog.get_logger()
 
@@ -63,27 +64,40 @@ class Counters:
         return dict(self.__dict__)
 
 
+SINGLE, SHARED, PASSTHROUGH_CALL = "single", "shared", "passthrough"
+
+
 @dataclass(slots=True)
 class Call:
-    """One SES call about to be made: one job (SendEmail) or several sharing content (bulk)."""
+    """One SES call about to be made: a SendEmail, or a bulk call of one content (`shared`) or
+    of different messages with the same envelope (`passthrough`)."""
 
-    content_id: int
+    content_id: int  # the first job's
     jobs: list[Held]
     identity: str  # the From address: what an unverified-identity hold is about
+    mode: str = SINGLE
     probe: bool = False  # lets a held identity or account try one message
 
 
 class Contents:
-    """The contents the held jobs need, counted by job: a content leaves with its last job, never
-    before (a cache that forgot by size dropped contents a new batch still needed)."""
+    """The contents the held jobs need, prepared once and counted by job: a content leaves with
+    its last job, never before (a cache that forgot by size dropped contents a new batch still
+    needed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, composer: Composer) -> None:
+        self.composer = composer
         self.by_id: dict[int, Content] = {}
-        self.templates: dict[int, str | None] = {}  # bulk template, None where bulk is unsafe
+        self._prepared: dict[int, Prepared] = {}
         self._refs: Counter[int] = Counter()
 
     def add(self, contents: dict[int, Content]) -> None:
         self.by_id.update(contents)
+
+    def prepared(self, content_id: int) -> Prepared:
+        found = self._prepared.get(content_id)
+        if found is None:
+            found = self._prepared[content_id] = self.composer.prepare(self.by_id[content_id])
+        return found
 
     def hold(self, content_id: int) -> None:
         self._refs[content_id] += 1
@@ -93,7 +107,7 @@ class Contents:
         if self._refs[content_id] <= 0:
             del self._refs[content_id]
             self.by_id.pop(content_id, None)
-            self.templates.pop(content_id, None)
+            self._prepared.pop(content_id, None)
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -121,7 +135,8 @@ class Sender:
         self.holds = Holds(clock)
         self.ledger = Ledger(db)
         self.waiting = Waiting()
-        self.contents = Contents()
+        self.composer = Composer(settings, tracking_key)
+        self.contents = Contents(self.composer)
         self.inflight: set[asyncio.Task[None]] = set()
         self.counters = Counters()
         self.bulk_supported = True  # False once SES said it has no SendBulkEmail
@@ -174,7 +189,8 @@ class Sender:
         self._wakeup.set()
 
     def _priority(self, job: Job) -> int:
-        return BULK
+        content = self.contents.by_id.get(job.content_id)
+        return BULK if content is None or content.bulk else TRANSACTIONAL
 
     def start_reader(self, loop: asyncio.AbstractEventLoop) -> None:
         """Blocking Queue.get in a thread, handing whole batches to the loop."""
@@ -287,8 +303,7 @@ class Sender:
                     return self._probe_call(held, identity)
         while (held := self.waiting.pop(self.clock())) is not None:
             try:
-                content = self.contents.by_id[held.job.content_id]
-                identity = self._identity(content)
+                identity = self.contents.prepared(held.job.content_id).identity
                 if self.holds.held(identity):
                     self.waiting.park(identity, held)
                     continue
@@ -299,36 +314,41 @@ class Sender:
 
     def _probe_call(self, held: Held, identity: str) -> Call:
         self.holds.start_probe(identity)
-        return Call(held.job.content_id, [held], identity or self._default_identity(), probe=True)
-
-    def _identity(self, content: Content) -> str:
-        return self._default_identity()
-
-    def _default_identity(self) -> str:
-        return self.settings.email_sender or "outbox"
+        return Call(held.job.content_id, [held], identity or self.composer.default_sender,
+                    probe=True)
 
     def _group(self, held: Held, identity: str) -> Call:
-        """A bulk call of the jobs that follow and share this one's content, when bulk is usable
-        (SES has it, SES is not being probed, the content survives SES's template rendering)."""
+        """The call this job goes out in, with the jobs that may share it: a bulk call when bulk
+        is usable (configured, SES has it, SES answered well since the last failure). Jobs of
+        one content share its template; different messages with the same envelope share a
+        pass-through call."""
         call = Call(held.job.content_id, [held], identity)
-        # After any transient failure a call risks one job until SES answers well again.
-        if (self.bulk_supported and self.breaker.streak == 0
-                and self._template(held.job.content_id) is not None):
-            limit = min(MAX_BULK_ENTRIES, max(1, self.bucket.available())) - 1
-            content_id = held.job.content_id
-            call.jobs += self.waiting.take_following(
+        if not (self.settings.bulk and self.bulk_supported and self.breaker.streak == 0):
+            return call
+        limit = min(MAX_BULK_ENTRIES, max(1, self.bucket.available())) - 1
+        if limit <= 0:
+            return call
+        contents = self.contents
+        content_id = held.job.content_id
+        prepared = contents.prepared(content_id)
+        if prepared.shared is not None:
+            same = self.waiting.take_following(
                 held.priority, lambda h: h.job.content_id == content_id, limit)
-        return call
+            if same:
+                call.jobs += same
+                call.mode = SHARED
+                return call
+        envelope = prepared.envelope
 
-    def _template(self, content_id: int) -> str | None:
-        """The SendBulkEmail template for this content, or None when bulk must not be used."""
-        templates = self.contents.templates
-        if content_id not in templates:
-            content = self.contents.by_id[content_id]
-            template = tracking.append_pixel(content.html, PIXEL_PLACEHOLDER)
-            usable = self.settings.bulk and bulk_safe(content.subject, template)
-            templates[content_id] = template if usable else None
-        return templates[content_id]
+        def alike(other: Held) -> bool:
+            return (other.job.content_id in contents.by_id
+                    and contents.prepared(other.job.content_id).envelope == envelope)
+
+        others = self.waiting.take_following(held.priority, alike, limit)
+        if others:
+            call.jobs += others
+            call.mode = PASSTHROUGH_CALL
+        return call
 
     def _fit_to_bucket(self, call: Call) -> None:
         """A throttle may have shrunk the bucket while we waited for a slot: put back what no
@@ -401,12 +421,10 @@ class Sender:
         return bool(call.jobs)
 
     async def _send_one(self, call: Call) -> None:
-        held = call.jobs[0]
-        job = held.job
-        content = self.contents.by_id[job.content_id]
-        url = tracking.pixel_url(self.settings.server_host, self.tracking_key, job.request_id)
-        email = Email(job.request_id, job.email, content.subject,
-                      tracking.append_pixel(content.html, url))
+        await self._send_email(call.jobs[0], call)
+
+    async def _send_email(self, held: Held, call: Call) -> None:
+        email = self.composer.email(self.contents.prepared(held.job.content_id), held.job)
         try:
             message_id = await self.transport.send(email)
         except SendError as exc:
@@ -415,22 +433,43 @@ class Sender:
             self._succeeded(held, call, message_id)
 
     async def _send_bulk(self, call: Call) -> None:
-        content = self.contents.by_id[call.content_id]
-        template = self.contents.templates[call.content_id]
-        assert template is not None
-        entries = [BulkEntry(h.job.request_id, h.job.email,
-                             tracking.pixel_url(self.settings.server_host, self.tracking_key,
-                                                h.job.request_id)) for h in call.jobs]
+        prepared = self.contents.prepared(call.content_id)
+        alone: list[Held] = []  # too large for a bulk entry: each goes as a SendEmail
+        if call.mode == SHARED:
+            assert prepared.shared is not None
+            template = prepared.shared
+            entries = [self.composer.shared_entry(prepared, h.job) for h in call.jobs]
+            jobs = call.jobs
+        else:
+            template = PASSTHROUGH
+            entries, jobs = [], []
+            for held in call.jobs:
+                entry = self.composer.passthrough_entry(
+                    self.contents.prepared(held.job.content_id), held.job)
+                if entry is None:
+                    alone.append(held)
+                else:
+                    entries.append(entry)
+                    jobs.append(held)
+        if len(entries) == 1 and not alone:
+            await self._send_email(jobs[0], call)  # a bulk call of one is a SendEmail
+        elif entries:
+            await self._bulk_call(call, prepared, template, entries, jobs)
+        for held in alone:
+            await self._send_email(held, call)
+
+    async def _bulk_call(self, call: Call, prepared: Prepared, template: BulkTemplate,
+                         entries: list[BulkEntry], jobs: list[Held]) -> None:
         try:
-            results = await self.transport.send_bulk(content.subject, template, entries)
+            results = await self.transport.send_bulk(prepared.envelope, template, entries)
         except BulkUnsupportedError as exc:
-            self._bulk_unsupported(call, exc)
+            self._bulk_unsupported(jobs, exc)
             return
         except SendError as exc:
-            for held in call.jobs:
+            for held in jobs:
                 self._failed(held, call, exc)
             return
-        for held, result in zip(call.jobs, results, strict=True):
+        for held, result in zip(jobs, results, strict=True):
             if result.error is None and result.message_id:
                 self._succeeded(held, call, result.message_id)
             else:
@@ -479,17 +518,17 @@ class Sender:
                         consecutive_failures=self.breaker.streak, error=str(exc)[:300])
         self._retry(held, call, exc)
 
-    def _bulk_unsupported(self, call: Call, exc: BulkUnsupportedError) -> None:
+    def _bulk_unsupported(self, jobs: list[Held], exc: BulkUnsupportedError) -> None:
         """The endpoint has no SendBulkEmail: not the recipients' fault. Switch this process to
         SendEmail for good and send the jobs again, burning no attempts."""
         if self.bulk_supported:
             log.warning("SES endpoint does not implement SendBulkEmail; sending one message per "
                         "call from now on", error=str(exc)[:300])
             self.bulk_supported = False
-        for held in call.jobs:
+        for held in jobs:
             held.attempts -= 1
             self._requeue(held, exc)
-        self.waiting.add_front(call.jobs)
+        self.waiting.add_front(jobs)
 
     def _retry(self, held: Held, call: Call, exc: Exception) -> None:
         delay = self.backoff.delay(held.attempts)

@@ -5,24 +5,22 @@ from __future__ import annotations
 from ..config import Settings
 from .base import (
     MAX_BULK_ENTRIES,
-    PIXEL_PLACEHOLDER,
-    PIXEL_VARIABLE,
     BulkEntry,
+    BulkTemplate,
     Email,
     EntryResult,
+    Envelope,
     Transport,
-    bulk_safe,
 )
 
 __all__ = [
     "MAX_BULK_ENTRIES",
-    "PIXEL_PLACEHOLDER",
-    "PIXEL_VARIABLE",
     "BulkEntry",
+    "BulkTemplate",
     "Email",
     "EntryResult",
+    "Envelope",
     "Transport",
-    "bulk_safe",
     "create_transport",
 ]
 

@@ -1,4 +1,10 @@
-"""What every transport takes and gives back; the sender sees nothing else."""
+"""What every transport takes and gives back; the sender sees nothing else.
+
+The sender composes every message completely (compose.py): a transport only delivers. A bulk
+call carries one template whose variables SES substitutes per entry — simple substitutions
+only, which is all SES does with a template given in the request — and every entry brings all
+of its variables (SES's merging of default data is not relied on).
+"""
 
 from __future__ import annotations
 
@@ -8,32 +14,53 @@ from typing import Protocol
 
 from ..errors import SendError
 
-# The one template variable of a bulk send. The pixel URL is the only per-recipient part of a
-# bulk message; everything else is identical for every entry.
-PIXEL_VARIABLE = "sesdPixel"
-PIXEL_PLACEHOLDER = "{{" + PIXEL_VARIABLE + "}}"
-
 # SES refuses a SendBulkEmail call with more entries than this.
 MAX_BULK_ENTRIES = 50
+
+Headers = tuple[tuple[str, str], ...]  # SES-ready: printable ASCII values (RFC 2047 encoded)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What one SES call shares by necessity: SES cannot vary these per bulk entry."""
+
+    sender: str  # FromEmailAddress: "addr" or "Name <addr>" (an encoded word when not ASCII)
+    reply_to: tuple[str, ...] = ()
+    config_set: str = ""  # "" sends none
 
 
 @dataclass(frozen=True, slots=True)
 class Email:
-    """One SendEmail: final HTML, tracking pixel already inside."""
+    """One SendEmail: the final message, tracking links already inside."""
 
     request_id: int
     to: str
+    envelope: Envelope
     subject: str
     html: str
+    text: str | None = None
+    headers: Headers = ()  # X-Request-ID and the rest, as they go on the message
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BulkTemplate:
+    """The content of a bulk call: `{{{name}}}` variables each entry's data fills in."""
+
+    subject: str
+    html: str
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class BulkEntry:
-    """One recipient of a bulk send; `pixel_url` replaces the placeholder in the template."""
+    """One recipient of a bulk call."""
 
     request_id: int
     to: str
-    pixel_url: str
+    data: str  # JSON object text: every variable of the template, for this recipient
+    headers: Headers = ()
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +83,8 @@ class Transport(Protocol):
         """Send one message; returns the provider's message id, raises a SendError subclass."""
         ...
 
-    async def send_bulk(
-        self, subject: str, html_template: str, entries: Sequence[BulkEntry]
-    ) -> list[EntryResult]:
+    async def send_bulk(self, envelope: Envelope, template: BulkTemplate,
+                        entries: Sequence[BulkEntry]) -> list[EntryResult]:
         """Send one template to up to MAX_BULK_ENTRIES recipients; one result per entry, in
         order. Raises a SendError subclass when the whole call failed."""
         ...
@@ -66,13 +92,3 @@ class Transport(Protocol):
     async def max_send_rate(self) -> float | None:
         """The provider's sending-rate quota in messages per second, if it has one."""
         ...
-
-
-def bulk_safe(subject: str, html_template: str) -> bool:
-    """Whether a message can go out as a bulk template without changing its text.
-
-    SES renders the subject and the HTML of a bulk send as Handlebars templates, so any `{{`
-    other than the pixel placeholder would be eaten (rendered empty) by SES. Such content must go
-    out one SendEmail at a time.
-    """
-    return "{{" not in subject and "{{" not in html_template.replace(PIXEL_PLACEHOLDER, "")

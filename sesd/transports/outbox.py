@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import email.policy
 import email.utils
-import html
 import os
 import uuid
 from collections.abc import Sequence
 from email.message import EmailMessage
 from pathlib import Path
 
+import orjson
+
+from .. import templating
 from ..config import Settings
 from ..errors import PermanentSendError, RetryableSendError, SendError
-from .base import PIXEL_PLACEHOLDER, BulkEntry, Email, EntryResult
+from .base import BulkEntry, BulkTemplate, Email, EntryResult, Envelope
 
 DEFAULT_SENDER = "sesd@localhost"
 FILE_MODE = 0o600  # readable by the service's user only
@@ -25,9 +27,9 @@ class OutboxTransport:
 
     def __init__(self, settings: Settings) -> None:
         self._dir = Path(settings.outbox_dir)
-        self._sender = settings.email_sender or DEFAULT_SENDER
+        sender = settings.email_sender or DEFAULT_SENDER
         # make_msgid() without a domain asks DNS for the host name on every call.
-        self._domain = self._sender.rpartition("@")[2] or "localhost"
+        self._domain = email.utils.parseaddr(sender)[1].rpartition("@")[2] or "localhost"
 
     async def start(self) -> None:
         # Private whatever the umask: each file holds a recipient's address and message.
@@ -36,42 +38,46 @@ class OutboxTransport:
     async def close(self) -> None:
         return None
 
-    async def send(self, email: Email) -> str:
-        return await asyncio.to_thread(
-            self._write, email.request_id, email.to, email.subject, email.html
-        )
+    async def send(self, message: Email) -> str:
+        return await asyncio.to_thread(self._write, message)
 
-    async def send_bulk(
-        self, subject: str, html_template: str, entries: Sequence[BulkEntry]
-    ) -> list[EntryResult]:
+    async def send_bulk(self, envelope: Envelope, template: BulkTemplate,
+                        entries: Sequence[BulkEntry]) -> list[EntryResult]:
         if not entries:
             return []
         # One thread hop for the whole batch, not one per file.
-        return await asyncio.to_thread(self._write_bulk, subject, html_template, list(entries))
+        return await asyncio.to_thread(self._write_bulk, envelope, template, list(entries))
 
     async def max_send_rate(self) -> float | None:
         return None
 
     # -- runs in a worker thread ------------------------------------------
 
-    def _write_bulk(
-        self, subject: str, html_template: str, entries: list[BulkEntry]
-    ) -> list[EntryResult]:
+    def _write_bulk(self, envelope: Envelope, template: BulkTemplate,
+                    entries: list[BulkEntry]) -> list[EntryResult]:
+        """Fill the template in for each entry as SES does (its variables are simple
+        substitutions), and write each message."""
+        subject = templating.parse(template.subject)
+        body = templating.parse(template.html)
+        text = templating.parse(template.text) if template.text is not None else None
         results: list[EntryResult] = []
         for entry in entries:
-            body = html_template.replace(PIXEL_PLACEHOLDER, html.escape(entry.pixel_url))
+            data = orjson.loads(entry.data)
+            message = Email(entry.request_id, entry.to, envelope, subject.render(data),
+                            body.render(data), text.render(data) if text is not None else None,
+                            entry.headers, entry.tags)
             try:
-                message_id = self._write(entry.request_id, entry.to, subject, body)
+                message_id = self._write(message)
             except SendError as exc:
                 results.append(EntryResult(entry.request_id, None, exc))
             else:
                 results.append(EntryResult(entry.request_id, message_id, None))
         return results
 
-    def _write(self, request_id: int, to: str, subject: str, body: str) -> str:
+    def _write(self, message: Email) -> str:
         token = uuid.uuid4().hex
-        data = self._render(request_id, to, subject, body, token)
-        name = f"{request_id}-{token}.eml"
+        data = self._render(message, token)
+        name = f"{message.request_id}-{token}.eml"
         final = self._dir / name
         # Same folder, so os.replace is an atomic rename: a reader sees the whole file or none.
         # No fsync: the outbox is for development; a power cut may leave an empty file behind,
@@ -90,21 +96,35 @@ class OutboxTransport:
             raise RetryableSendError(f"outbox write failed: {exc}", code="OutboxWrite") from exc
         return f"outbox-{token}"
 
-    def _render(self, request_id: int, to: str, subject: str, body: str, token: str) -> bytes:
-        for name, value in (("To", to), ("Subject", subject)):
+    def _render(self, message: Email, token: str) -> bytes:
+        envelope = message.envelope
+        fields: list[tuple[str, str]] = [("From", envelope.sender), ("To", message.to),
+                                         ("Subject", message.subject)]
+        if envelope.reply_to:
+            fields.append(("Reply-To", ", ".join(envelope.reply_to)))
+        fields += [("Date", email.utils.formatdate(usegmt=True)),
+                   ("Message-ID", f"<{token}@{self._domain}>"), *message.headers]
+        # What SES would take from these headers in a raw message: the outbox keeps the call's
+        # configuration set and tags visible in the file.
+        if envelope.config_set:
+            fields.append(("X-SES-CONFIGURATION-SET", envelope.config_set))
+        if message.tags:
+            fields.append(("X-SES-MESSAGE-TAGS", ", ".join(f"{n}={v}" for n, v in message.tags)))
+        for name, value in fields:
             # The email package refuses a line break inside a header value but lets a trailing
             # one through, which would end the header block early; refuse every line boundary.
             if value.splitlines() != ([value] if value else []):
                 raise PermanentSendError(f"line break in {name} header", code="InvalidHeader")
         msg = EmailMessage(policy=email.policy.SMTP)
         try:
-            msg["From"] = self._sender
-            msg["To"] = to
-            msg["Subject"] = subject
-            msg["Date"] = email.utils.formatdate(usegmt=True)
-            msg["Message-ID"] = f"<{token}@{self._domain}>"
-            msg["X-Request-ID"] = str(request_id)
-            msg.set_content(body, subtype="html", charset="utf-8")
+            for name, value in fields:
+                msg[name] = value
+            if message.text is not None:
+                # multipart/alternative: the text part first, the preferred HTML last (RFC 2046).
+                msg.set_content(message.text, charset="utf-8")
+                msg.add_alternative(message.html, subtype="html", charset="utf-8")
+            else:
+                msg.set_content(message.html, subtype="html", charset="utf-8")
             data = msg.as_bytes()
         except ValueError as exc:  # includes UnicodeEncodeError (lone surrogates)
             raise PermanentSendError(f"cannot build message: {exc}", code="InvalidMessage") from exc

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-import orjson
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import (
@@ -38,7 +37,15 @@ from ..errors import (
     SendingPausedError,
     ThrottledError,
 )
-from .base import MAX_BULK_ENTRIES, PIXEL_VARIABLE, BulkEntry, Email, EntryResult
+from .base import (
+    MAX_BULK_ENTRIES,
+    BulkEntry,
+    BulkTemplate,
+    Email,
+    EntryResult,
+    Envelope,
+    Headers,
+)
 
 _THROTTLE_CODES = frozenset(
     {"TooManyRequestsException", "Throttling", "ThrottlingException", "ThrottledException"}
@@ -190,8 +197,6 @@ class SesTransport:
         self._read_timeout = read_timeout
         # Outer guard: botocore's timeouts bound each socket read, not the whole call.
         self._call_timeout = call_timeout
-        self._sender = settings.email_sender
-        self._config_set = settings.ses_config_set
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
 
@@ -218,70 +223,72 @@ class SesTransport:
         await self._stack.aclose()
 
     async def send(self, email: Email) -> str:
+        body: dict[str, Any] = {"Html": {"Data": email.html, "Charset": "UTF-8"}}
+        if email.text:
+            body["Text"] = {"Data": email.text, "Charset": "UTF-8"}
         request: dict[str, Any] = {
-            "FromEmailAddress": self._sender,
+            "FromEmailAddress": email.envelope.sender,
             "Destination": {"ToAddresses": [email.to]},
             "Content": {
                 "Simple": {
                     "Subject": {"Data": email.subject, "Charset": "UTF-8"},
-                    "Body": {"Html": {"Data": email.html, "Charset": "UTF-8"}},
-                    "Headers": [{"Name": "X-Request-ID", "Value": str(email.request_id)}],
+                    "Body": body,
+                    "Headers": _headers(email.headers),
                 }
             },
         }
-        if self._config_set:
-            request["ConfigurationSetName"] = self._config_set
+        _envelope(request, email.envelope)
+        if email.tags:
+            request["EmailTags"] = _tags(email.tags)
         client = self._require_client()
         try:
             async with asyncio.timeout(self._call_timeout):
                 response = await client.send_email(**request)
         except Exception as exc:
-            raise classify(exc, sender=self._sender) from exc
+            raise classify(exc, sender=email.envelope.sender) from exc
         return response["MessageId"]
 
-    async def send_bulk(
-        self, subject: str, html_template: str, entries: Sequence[BulkEntry]
-    ) -> list[EntryResult]:
+    async def send_bulk(self, envelope: Envelope, template: BulkTemplate,
+                        entries: Sequence[BulkEntry]) -> list[EntryResult]:
         if not entries:
             return []
         if len(entries) > MAX_BULK_ENTRIES:
             raise ValueError(
                 f"at most {MAX_BULK_ENTRIES} entries per bulk send, got {len(entries)}"
             )
+        content: dict[str, Any] = {"Subject": template.subject, "Html": template.html}
+        if template.text:
+            content["Text"] = template.text
+        bulk_entries = []
+        for entry in entries:
+            one: dict[str, Any] = {
+                "Destination": {"ToAddresses": [entry.to]},
+                "ReplacementEmailContent": {
+                    "ReplacementTemplate": {"ReplacementTemplateData": entry.data}
+                },
+                "ReplacementHeaders": _headers(entry.headers),
+            }
+            if entry.tags:
+                one["ReplacementTags"] = _tags(entry.tags)
+            bulk_entries.append(one)
         request: dict[str, Any] = {
-            "FromEmailAddress": self._sender,
+            "FromEmailAddress": envelope.sender,
             "DefaultContent": {
                 "Template": {
-                    "TemplateContent": {"Subject": subject, "Html": html_template},
-                    # Optional in the model; every entry brings its own pixel as replacement data.
+                    "TemplateContent": content,
+                    # Optional in the model; every entry brings all of its own variables.
                     "TemplateData": "{}",
                 }
             },
-            "BulkEmailEntries": [
-                {
-                    "Destination": {"ToAddresses": [entry.to]},
-                    "ReplacementEmailContent": {
-                        "ReplacementTemplate": {
-                            "ReplacementTemplateData": orjson.dumps(
-                                {PIXEL_VARIABLE: entry.pixel_url}
-                            ).decode()
-                        }
-                    },
-                    "ReplacementHeaders": [
-                        {"Name": "X-Request-ID", "Value": str(entry.request_id)}
-                    ],
-                }
-                for entry in entries
-            ],
+            "BulkEmailEntries": bulk_entries,
         }
-        if self._config_set:
-            request["ConfigurationSetName"] = self._config_set
+        _envelope(request, envelope)
         client = self._require_client()
         try:
             async with asyncio.timeout(self._call_timeout):
                 response = await client.send_bulk_email(**request)
         except Exception as exc:
-            raise classify(exc, sender=self._sender, bulk=True) from exc
+            raise classify(exc, sender=envelope.sender, bulk=True) from exc
         results = response.get("BulkEmailEntryResults") or []
         out: list[EntryResult] = []
         for i, entry in enumerate(entries):
@@ -292,7 +299,7 @@ class SesTransport:
                 continue
             result = results[i]
             error = classify_entry(result.get("Status", ""), result.get("Error"),
-                                   sender=self._sender)
+                                   sender=envelope.sender)
             message_id = result.get("MessageId") if error is None else None
             out.append(EntryResult(entry.request_id, message_id, error))
         return out
@@ -310,6 +317,21 @@ class SesTransport:
         if client is None:
             raise RuntimeError("SesTransport.start() was not awaited")
         return client
+
+
+def _headers(headers: Headers) -> list[dict[str, str]]:
+    return [{"Name": name, "Value": value} for name, value in headers]
+
+
+def _tags(tags: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+    return [{"Name": name, "Value": value} for name, value in tags]
+
+
+def _envelope(request: dict[str, Any], envelope: Envelope) -> None:
+    if envelope.reply_to:
+        request["ReplyToAddresses"] = list(envelope.reply_to)
+    if envelope.config_set:
+        request["ConfigurationSetName"] = envelope.config_set
 
 
 def _freeze_user_agent(client: Any) -> None:
