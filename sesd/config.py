@@ -60,6 +60,9 @@ class Settings:
     shutdown_grace: float = 10.0
     # Seconds an SES call may take to answer before it counts as failed (and is retried).
     ses_timeout: float = 20.0
+    # Seconds between two reads of the account's quota (GetAccount MaxSendRate): sending runs at
+    # min(EMAIL_RATE, MaxSendRate), and accounts are raised and lowered.
+    ses_quota_refresh: float = 300.0
     max_attempts: int = 8
     # Most recipients one POST may carry; bounds the API's memory whatever MAX_REQUEST_MB allows.
     max_recipients: int = 100_000
@@ -339,6 +342,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         tracking_key=tracking_key,
         bulk=_bool("EMAIL_BULK", get("EMAIL_BULK", "true")),
         ses_timeout=_number("SES_TIMEOUT", get("SES_TIMEOUT", "20"), minimum=0.1, maximum=300),
+        ses_quota_refresh=_number("SES_QUOTA_REFRESH", get("SES_QUOTA_REFRESH", "300"),
+                                  minimum=1, maximum=86_400),
         shutdown_grace=_number(
             "SHUTDOWN_GRACE", get("SHUTDOWN_GRACE", "10"), minimum=0, maximum=600
         ),

@@ -341,3 +341,40 @@ def test_held_calls_count_until_answered_then_a_full_window() -> None:
     assert bucket.hold(1) > 0
     clock.now += 0.001
     assert bucket.hold(1) == 0.0
+
+
+# -- the account's quota changes (set_rate) -----------------------------------------------
+
+
+def test_lowering_the_rate_holds_over_the_windows_that_straddle_the_change() -> None:
+    b, clock = bucket(10)
+    sends: list[tuple[float, int]] = []
+    for _ in range(10):
+        b.take(1)
+        sends.append((clock.now, 1))
+        clock.now += 0.05
+    b.set_rate(4)
+    assert (b.rate, b.capacity, b.effective_rate) == (4, 4, 4)
+    # Ten went out in the last half second: nothing more until enough of them age out.
+    assert b.delay(1) > 0
+    later = []
+    for _ in range(12):
+        clock.now += b.delay(1)
+        b.take(1)
+        later.append((clock.now, 1))
+    assert most_in_any_second(later) <= 4  # the new ceiling from the change on
+    assert all(t - sends[-1][0] > 0.5 for t, _ in later[:1])  # the old sends counted
+
+
+def test_raising_the_rate_and_going_unlimited_and_back() -> None:
+    b, _ = bucket(2)
+    b.take(2)
+    assert b.delay(1) > 0
+    b.set_rate(5)
+    assert b.delay(3) == 0.0 and b.capacity == 5
+    b.set_rate(0)
+    assert b.capacity == UNLIMITED_CAPACITY and b.delay(1000) == 0.0
+    b.set_rate(3)
+    assert b.capacity == 3 and b.delay(3) == 0.0
+    with pytest.raises(ValueError):
+        b.set_rate(float("nan"))

@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sesd.testing.ses_standin import (
+    UNLIMITED_QUOTA,
     RenderingFailure,
     SesStandin,
     StandinConfig,
@@ -1312,14 +1313,16 @@ async def test_get_account_follows_runtime_changes(standin_factory):
         after = await ses.get_account()
         with pytest.raises(ClientError) as ei:  # a disabled account does not send either
             await ses.send_email(**simple_email("a@example.com"))
-        await configure(url, sending_enabled=True)
+        await configure(url, sending_enabled=True, max_send_rate_reported=None, max_rate=12)
         again = await ses.get_account()
-    assert before["SendQuota"]["MaxSendRate"] == 14.0
+    # Unlimited unless configured: reported as a quota nothing reaches...
+    assert before["SendQuota"]["MaxSendRate"] == UNLIMITED_QUOTA
     assert (before["SendingEnabled"], before["ProductionAccessEnabled"]) == (True, True)
     assert after["SendQuota"]["MaxSendRate"] == 250.0
     assert (after["SendingEnabled"], after["ProductionAccessEnabled"]) == (False, False)
     assert ei.value.response["Error"]["Code"] == "SendingPausedException"
     assert again["SendingEnabled"] is True
+    assert again["SendQuota"]["MaxSendRate"] == 12.0  # ...or what the rate limit enforces
 
 
 @pytest.mark.asyncio

@@ -40,7 +40,7 @@ from ..transports import MAX_BULK_ENTRIES, BulkEntry, BulkTemplate, Transport
 from .bucket import SlidingWindowBucket
 from .compose import PASSTHROUGH, Composer, Prepared
 from .ledger import FLUSH_ROWS, Ledger
-from .policy import Backoff, Breaker, Holds
+from .policy import Backoff, Breaker, Holds, effective_rate
 from .waiting import BULK, TRANSACTIONAL, Held, Waiting
 
 log = structlog.get_logger()
@@ -143,6 +143,7 @@ class Sender:
         self.accepting = True  # False once draining: no new SES calls start
         self.input_closed = False  # the scheduler's queue closed
         self._credit_owed = 0
+        self._quota: float | None = None
         self._reported: str | None = None
         self._seen_epoch = stop_epoch.value if stop_epoch is not None else 0
         self._wakeup = asyncio.Event()
@@ -223,10 +224,40 @@ class Sender:
 
     # -- the dispatch loop --------------------------------------------------------------------
 
+    async def follow_quota(self) -> None:
+        """Send at min(EMAIL_RATE, the account's MaxSendRate): read it now, and again every
+        SES_QUOTA_REFRESH seconds (accounts are raised and lowered); log every change."""
+        quota = await self.transport.max_send_rate()
+        if quota is None:
+            if self._quota is None:
+                log.warning("could not read the SES account's MaxSendRate (GetAccount failed); "
+                            "sending at EMAIL_RATE", email_rate=self.settings.email_rate or
+                            "unlimited")
+            return
+        rate = effective_rate(self.settings.email_rate, quota)
+        if quota != self._quota:
+            log.info("SES account send quota", max_send_rate=quota,
+                     email_rate=self.settings.email_rate or "unlimited", sending_at=rate)
+        self._quota = quota
+        if rate != self.bucket.rate:
+            log.info("effective send rate changed", rate=rate, was=self.bucket.rate or
+                     "unlimited", max_send_rate=quota)
+            self.bucket.set_rate(rate)
+
+    async def _quota_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ses_quota_refresh)
+            try:
+                await self.follow_quota()
+            except Exception as exc:  # never let a quota read take sending down
+                log.warning("could not refresh the SES quota", error=str(exc)[:300])
+
     async def run(self) -> None:
         background = [asyncio.create_task(self.ledger.flush_loop()),
                       asyncio.create_task(self._credit_loop()),
                       asyncio.create_task(self._metrics_loop())]
+        if self.transport.name == "ses":
+            background.append(asyncio.create_task(self._quota_loop()))
         started = self.clock()
         try:
             await self._dispatch_until_stopped()

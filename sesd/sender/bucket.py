@@ -130,6 +130,23 @@ class SlidingWindowBucket:
         self._held = max(0, self._held - n)
         self._record(self._clock(), n)
 
+    def set_rate(self, rate: float) -> None:
+        """Aim at a new ceiling from now on (the account's quota changed). What was sent stays
+        in the log, so the new bound holds over the windows that straddle the change too."""
+        if not (math.isfinite(rate) and rate >= 0):
+            raise ValueError(f"rate must be a finite number >= 0, not {rate!r}")
+        if rate == self.rate:
+            return
+        self.rate = float(rate)
+        self._effective = self.rate
+        self._max_capacity = max(1, math.floor(rate)) if rate else UNLIMITED_CAPACITY
+        self._last_cut = self._last_climb = -math.inf
+        if not rate:
+            self._log.clear()
+            self._used = self._held = 0
+            self._tat = -math.inf
+        self._resize()
+
     def release(self, n: int = 1) -> None:
         """Held recipients that never went to SES (stopped just before the call): free them
         without logging them."""

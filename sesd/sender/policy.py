@@ -192,3 +192,11 @@ class Holds:
         if account is not None:
             return account.reason
         return "; ".join(f"{k}: {h.reason}" for k, h in sorted(self._holds.items()))
+
+
+def effective_rate(configured: float, quota: float | None) -> float:
+    """The rate to send at: EMAIL_RATE (0: unlimited), but never above the account's quota (SES
+    throttles past it) when the quota is known."""
+    if quota is None or quota <= 0:
+        return configured
+    return quota if not configured else min(configured, quota)

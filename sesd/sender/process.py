@@ -65,9 +65,9 @@ async def _run(settings: Settings, channels: SenderChannels) -> int:
     loop.add_signal_handler(signal.SIGTERM, on_term)
     try:
         if settings.email_transport == "ses":
-            await _check_account_rate(settings, transport)
+            await sender.follow_quota()
         log.info("sender started", transport=transport.name,
-                 rate=settings.email_rate or "unlimited",
+                 rate=sender.bucket.rate or "unlimited",
                  max_concurrent=settings.max_concurrent, bulk=settings.bulk)
         sender.start_reader(loop)
         await sender.run()
@@ -75,14 +75,3 @@ async def _run(settings: Settings, channels: SenderChannels) -> int:
         await transport.close()
         await db.close()
     return 0
-
-
-async def _check_account_rate(settings: Settings, transport: Any) -> None:
-    max_rate = await transport.max_send_rate()
-    if max_rate is None:
-        log.warning("could not read the SES account's MaxSendRate (GetAccount failed)")
-    elif settings.unlimited_rate or settings.email_rate > max_rate:
-        log.warning("EMAIL_RATE exceeds the SES account's MaxSendRate; SES will throttle",
-                    email_rate=settings.email_rate or "unlimited", max_send_rate=max_rate)
-    else:
-        log.info("SES account send quota", max_send_rate=max_rate)

@@ -123,6 +123,7 @@ from pybars._compiler import escape as pybars_escape
 
 __all__ = [
     "STANDIN_KEY",
+    "UNLIMITED_QUOTA",
     "Counters",
     "RenderingFailure",
     "SesStandin",
@@ -134,6 +135,7 @@ __all__ = [
 ]
 
 MAX_RECIPIENTS_PER_MESSAGE = 50
+UNLIMITED_QUOTA = 1_000_000.0  # MaxSendRate reported when nothing limits the rate
 MAX_BULK_ENTRIES = 50
 MAX_HEADERS = 15  # MessageHeaderList max in the sesv2 model
 MAX_TEMPLATE_DATA = 262_144  # EmailTemplateData max, in characters
@@ -204,8 +206,9 @@ class StandinConfig:
     paused: bool = False
     #: seed for the randomness (error/throttle/hang rates)
     seed: int | None = None
-    #: what GetAccount reports as SendQuota.MaxSendRate
-    max_send_rate_reported: float = 14.0
+    #: what GetAccount reports as SendQuota.MaxSendRate; None: ``max_rate`` when set (the
+    #: quota is what is enforced), else UNLIMITED_QUOTA (a stand-in that does not limit)
+    max_send_rate_reported: float | None = None
     #: what GetAccount reports as SendQuota.Max24HourSend
     max_24_hour_send: float = 50000.0
     #: regex; a send whose From address matches answers 400 MessageRejected (unverified)
@@ -222,11 +225,20 @@ class StandinConfig:
     #: what ListSuppressedDestinations answers: ``{"email", "reason", "last_update_time"?}``
     suppressed: tuple[dict[str, Any], ...] = ()
 
+    @property
+    def reported_send_rate(self) -> float:
+        """SendQuota.MaxSendRate as GetAccount reports it."""
+        if self.max_send_rate_reported is not None:
+            return float(self.max_send_rate_reported)
+        return float(self.max_rate) if self.max_rate is not None else UNLIMITED_QUOTA
+
     def __post_init__(self) -> None:
         if self.max_rate is not None and (not _is_number(self.max_rate) or self.max_rate < 0):
             raise ValueError("max_rate must be a non-negative number or null")
         for name in ("latency_ms", "hang_seconds", "max_send_rate_reported", "max_24_hour_send"):
             v = getattr(self, name)
+            if name == "max_send_rate_reported" and v is None:
+                continue
             if not _is_number(v) or v < 0:
                 raise ValueError(f"{name} must be a non-negative number")
         for name in ("error_rate", "throttle_rate", "hang_rate"):
@@ -1283,7 +1295,7 @@ class SesStandin:
             "SendingEnabled": cfg.sending_enabled and not cfg.paused,
             "SendQuota": {
                 "Max24HourSend": float(cfg.max_24_hour_send),
-                "MaxSendRate": float(cfg.max_send_rate_reported),
+                "MaxSendRate": float(cfg.reported_send_rate),
                 "SentLast24Hours": float(self.counters.accepted_recipients),
             },
         }
@@ -1551,7 +1563,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-send-rate-reported",
         type=float,
         default=d.max_send_rate_reported,
-        help="SendQuota.MaxSendRate reported by GetAccount (default: %(default)s)",
+        help="SendQuota.MaxSendRate reported by GetAccount (default: --max-rate when set, "
+        f"else {UNLIMITED_QUOTA:g})",
     )
     p.add_argument(
         "--max-24-hour-send",
