@@ -2,6 +2,16 @@
 ceiling of one aiobotocore client in one process against the same stand-in.
 
     .venv/bin/python bench/sends_per_sec.py --n 20000 --mode both --latency-ms 0,30
+    .venv/bin/python bench/sends_per_sec.py --n 10000 --mode all --latency-ms 0
+
+Modes (one POST of N recipients each):
+  single         one message to N recipients, EMAIL_BULK=false (one SendEmail per recipient)
+  bulk           one message to N recipients (bulk stream: per-recipient one-click unsubscribe)
+  transactional  the same as one transactional message: no unsubscribe headers
+  personal       one templated message, every recipient its own data ({{name}}, an #if, an
+                 #each), click tracking of its links and the unsubscribe headers on
+  distinct       N one-recipient messages, each its own subject and ~2 kB body (and, unless
+                 --generated-text, its own text part): a transactional burst
 
 --dead-webhook registers a webhook at a closed local port first: every send then stores its
 event and the notifier keeps failing to deliver it, which must not slow sending.
@@ -37,6 +47,43 @@ from common import (
 )
 
 ROLES = ("supervisor", "api", "scheduler", "sender")
+MODES = ("single", "bulk", "transactional", "personal", "distinct")
+# A receipt of ~2 kB, with links to track.
+RECEIPT = ("<html><body><h1>Thank you for your order</h1>"
+           + "<p>We have received your payment and your items are on their way. "
+             "You can follow the parcel at any time from your account page.</p>" * 8
+           + '<p><a href="https://shop.example.com/orders?id={i}&amp;ref=mail">Your order</a> · '
+             '<a href="https://shop.example.com/help">Help</a></p></body></html>')
+PERSONAL = ("<html><body><p>Hello {{name}},</p>{{#if vip}}<p>Thanks for being a member.</p>"
+            "{{/if}}<ul>{{#each picks}}<li>{{this}}</li>{{/each}}</ul>"
+            + "<p>Here is what is new this week in the shop and on the blog.</p>" * 10
+            + '<p><a href="https://shop.example.com/new">See what is new</a> · '
+              '<a href="{{unsubscribeUrl}}">Unsubscribe</a></p></body></html>')
+
+
+def body_for(mode: str, n: int, generated_text: bool) -> bytes:
+    to = emails(n)
+    if mode == "distinct":
+        messages = []
+        for i, address in enumerate(to):
+            m: dict[str, Any] = {"topicId": "bench", "emails": [address],
+                                 "subject": f"Order {i} is on its way",
+                                 "content": RECEIPT.replace("{i}", str(i)),
+                                 "stream": "transactional"}
+            if not generated_text:
+                m["text"] = f"Thank you for your order {i}. Follow it: https://shop.example.com/"
+            messages.append(m)
+        return json.dumps({"messages": messages}).encode()
+    if mode == "personal":
+        return json.dumps({"messages": [{
+            "topicId": "bench", "subject": "{{name}}, this week", "content": PERSONAL,
+            "recipients": [{"email": address, "data": {"name": f"Reader {i}", "vip": i % 3 == 0,
+                                                       "picks": ["Shoes", "Coats"]}}
+                           for i, address in enumerate(to)]}]}).encode()
+    msg = message("bench", to)
+    if mode == "transactional":
+        msg["stream"] = "transactional"
+    return json.dumps({"messages": [msg]}).encode()
 
 
 async def raw_phase(url: str, n: int, concurrency: int, bulk: bool) -> dict[str, Any]:
@@ -98,10 +145,10 @@ def run_raw(url: str, n: int, concurrency: int, bulk: bool) -> dict[str, Any]:
         return runner.run(raw_phase(url, n, concurrency, bulk))
 
 
-def run_sesd(standin: Standin, args: argparse.Namespace, bulk: bool) -> dict[str, Any]:
+def run_sesd(standin: Standin, args: argparse.Namespace, mode: str) -> dict[str, Any]:
     standin.reset()
     env = {**standin.env(), "EMAIL_RATE": "0", "MAX_CONCURRENT": str(args.concurrency),
-           "EMAIL_BULK": "true" if bulk else "false", **parse_env(args.env)}
+           "EMAIL_BULK": "false" if mode == "single" else "true", **parse_env(args.env)}
     if args.dead_webhook:
         env["WEBHOOK_ALLOW_PRIVATE"] = "true"
     svc = Service(env=env, keep=args.keep).start()
@@ -113,7 +160,7 @@ def run_sesd(standin: Standin, args: argparse.Namespace, bulk: bool) -> dict[str
                 raise RuntimeError(f"POST /v1/webhooks answered {status}: {resp!r}")
         assert svc.proc is not None
         mon = ProcMonitor(lambda: svc.proc.pid if svc.proc else None)
-        body = json.dumps({"messages": [message("bench", emails(args.n))]}).encode()
+        body = body_for(mode, args.n, args.generated_text)
         mon.start()
         t0 = time.time()
         status, resp = svc.request("POST", "/v1/messages", body)
@@ -147,8 +194,11 @@ def run_sesd(standin: Standin, args: argparse.Namespace, bulk: bool) -> dict[str
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=20_000, help="recipients (default: %(default)s)")
-    p.add_argument("--mode", choices=("single", "bulk", "both"), default="both",
-                   help="EMAIL_BULK false / true / both (default: %(default)s)")
+    p.add_argument("--mode", choices=(*MODES, "both", "all"), default="both",
+                   help="see above; both = single and bulk, all = every mode "
+                   "(default: %(default)s)")
+    p.add_argument("--generated-text", action="store_true",
+                   help="distinct mode: no text field, so sesd generates each text part")
     p.add_argument("--latency-ms", default="0,30",
                    help="comma-separated stand-in latencies (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=100,
@@ -160,23 +210,26 @@ def main() -> int:
                    help="register a webhook at a closed port before sending")
     add_common(p)
     args = p.parse_args()
-    modes = ("single", "bulk") if args.mode == "both" else (args.mode,)
+    modes = {"both": ("single", "bulk"), "all": MODES}.get(args.mode, (args.mode,))
     ts, rows, detail, series = stamp(), [], [], {}
     for latency in [float(x) for x in args.latency_ms.split(",")]:
         standin = Standin("--latency-ms", str(latency))
+        raw_done: dict[str, list[dict[str, Any]]] = {}  # the ceilings, measured once a latency
         try:
             for mode in modes:
                 raw = None
-                if args.raw:
+                kind = "single" if mode == "single" else "bulk"
+                if args.raw and kind not in raw_done:
                     standin.reset()
-                    print(f"raw aiobotocore, {mode}, latency {latency:g} ms", file=sys.stderr)
-                    raw = [run_raw(standin.url, args.n, args.concurrency, mode == "bulk")
-                           for _ in range(args.runs)]
+                    print(f"raw aiobotocore, {kind}, latency {latency:g} ms", file=sys.stderr)
+                    raw_done[kind] = [run_raw(standin.url, args.n, args.concurrency,
+                                              kind == "bulk") for _ in range(args.runs)]
+                raw = raw_done.get(kind)
                 runs = []
                 for i in range(args.runs):
                     print(f"sesd, {mode}, latency {latency:g} ms, run {i + 1}/{args.runs}",
                           file=sys.stderr)
-                    runs.append(run_sesd(standin, args, mode == "bulk"))
+                    runs.append(run_sesd(standin, args, mode))
                 label = f"{mode} {latency:g}ms"
                 series[label] = (runs[-1].pop("arrivals"), runs[-1]["t0"])
                 for r in runs:

@@ -208,7 +208,7 @@ async def test_hang_past_read_timeout_is_retryable(standin: SesStandin) -> None:
         with pytest.raises(RetryableSendError) as info:
             await transport.send(email(1, "a@example.net", "s", "h"))
     assert time.monotonic() - started < 2
-    assert info.value.code == "ReadTimeoutError"
+    assert info.value.code == "SocketTimeoutError"  # aiohttp's: a read that did not come
 
 
 async def test_outer_guard_bounds_the_whole_call(standin: SesStandin) -> None:
@@ -227,7 +227,7 @@ async def test_connection_refused_is_retryable(aws_env: Callable[[str], None]) -
         with pytest.raises(RetryableSendError) as info:
             await transport.send(email(1, "a@example.net", "s", "h"))
         assert await transport.max_send_rate() is None
-    assert info.value.code == "EndpointConnectionError"
+    assert info.value.code == "ClientConnectorError"  # aiohttp's: nothing listens there
 
 
 async def test_rejection_is_permanent_and_keeps_ses_text(standin: SesStandin) -> None:

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-import orjson
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import (
@@ -47,6 +46,7 @@ from .base import (
     Envelope,
     Headers,
 )
+from .ses_wire import SEND_BULK_EMAIL, SEND_EMAIL, SesWire
 
 _THROTTLE_CODES = frozenset(
     {"TooManyRequestsException", "Throttling", "ThrottlingException", "ThrottledException"}
@@ -200,16 +200,13 @@ class SesTransport:
         self._call_timeout = call_timeout
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._wire: SesWire | None = None
 
     async def start(self) -> None:
         if self._client is not None:
             return
         config = AioConfig(
             retries={"total_max_attempts": 1, "mode": "standard"},
-            # The sender builds every request to the model itself (the SES stand-in and moto
-            # check the wire shape in tests); botocore walking each of 50 entries' fields again
-            # cost more than the rest of a bulk call.
-            parameter_validation=False,
             max_pool_connections=self._settings.max_concurrent,
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout,
@@ -222,11 +219,25 @@ class SesTransport:
             )
         )
         _freeze_user_agent(self._client)
-        _serialize_sends_directly(self._client)
+        # The sends go straight over aiohttp (ses_wire), with the client's endpoint,
+        # credentials and signing name; everything else goes through the client.
+        meta = self._client.meta
+        self._wire = SesWire(
+            endpoint_url=meta.endpoint_url, region=meta.region_name,
+            signing_name=meta.service_model.signing_name,
+            credentials=self._client._request_signer._credentials,
+            user_agent=_user_agent(self._client), max_connections=self._settings.max_concurrent,
+            connect_timeout=self._connect_timeout, read_timeout=self._read_timeout)
+        await self._wire.start()
 
     async def close(self) -> None:
         self._client = None
-        await self._stack.aclose()
+        wire, self._wire = self._wire, None
+        try:
+            if wire is not None:
+                await wire.close()
+        finally:
+            await self._stack.aclose()
 
     async def send(self, email: Email) -> str:
         body: dict[str, Any] = {"Html": {"Data": email.html, "Charset": "UTF-8"}}
@@ -246,13 +257,16 @@ class SesTransport:
         _envelope(request, email.envelope)
         if email.tags:
             request["EmailTags"] = _tags(email.tags)
-        client = self._require_client()
+        wire = self._require_wire()
         try:
             async with asyncio.timeout(self._call_timeout):
-                response = await client.send_email(**request)
+                response = await wire.call(SEND_EMAIL, request)
         except Exception as exc:
             raise classify(exc, sender=email.envelope.sender) from exc
-        return response["MessageId"]
+        message_id = response.get("MessageId")
+        if not isinstance(message_id, str) or not message_id:
+            raise RetryableSendError("SES answered without a MessageId", code="MissingResult")
+        return message_id
 
     async def send_bulk(self, envelope: Envelope, template: BulkTemplate,
                         entries: Sequence[BulkEntry]) -> list[EntryResult]:
@@ -289,10 +303,10 @@ class SesTransport:
             "BulkEmailEntries": bulk_entries,
         }
         _envelope(request, envelope)
-        client = self._require_client()
+        wire = self._require_wire()
         try:
             async with asyncio.timeout(self._call_timeout):
-                response = await client.send_bulk_email(**request)
+                response = await wire.call(SEND_BULK_EMAIL, request)
         except Exception as exc:
             raise classify(exc, sender=envelope.sender, bulk=True) from exc
         results = response.get("BulkEmailEntryResults") or []
@@ -318,6 +332,12 @@ class SesTransport:
         except Exception:
             return None
 
+    def _require_wire(self) -> SesWire:
+        wire = self._wire
+        if wire is None:
+            raise RuntimeError("SesTransport.start() was not awaited")
+        return wire
+
     def _require_client(self) -> Any:
         client = self._client
         if client is None:
@@ -340,34 +360,12 @@ def _envelope(request: dict[str, Any], envelope: Envelope) -> None:
         request["ConfigurationSetName"] = envelope.config_set
 
 
-# SendEmail and SendBulkEmail are rest-json with every member in the body under its own name
-# and no blob or timestamp in what sesd sends: their wire body is the parameters as JSON.
-_DIRECT_OPERATIONS = {"SendEmail": "Content", "SendBulkEmail": "BulkEmailEntries"}
-
-
-def _serialize_sends_directly(client: Any) -> None:
-    """Serialize the two send operations' bodies with orjson instead of botocore's shape walk
-    (a third of a bulk call's CPU). botocore still builds the rest of the request (method, URL,
-    headers) from a copy of the parameters without their bulk, so signing and headers are its
-    own. Best effort: if botocore's internals move, we keep its serializer."""
-    serializer = getattr(client, "_serializer", None)
-    original = getattr(serializer, "serialize_to_request", None)
-    if original is None:
-        return
-
-    def serialize(parameters: dict[str, Any], operation_model: Any) -> dict[str, Any]:
-        bulky = _DIRECT_OPERATIONS.get(getattr(operation_model, "name", ""))
-        if bulky is None or bulky not in parameters:
-            return original(parameters, operation_model)
-        request: dict[str, Any] = original({**parameters, bulky: _EMPTY[bulky]},
-                                           operation_model)
-        request["body"] = orjson.dumps(parameters)
-        return request
-
-    serializer.serialize_to_request = serialize  # type: ignore[union-attr]
-
-
-_EMPTY: dict[str, Any] = {"Content": {}, "BulkEmailEntries": []}
+def _user_agent(client: Any) -> str:
+    creator: Any = getattr(client, "_user_agent_creator", None)
+    try:
+        return str(creator.to_string())
+    except Exception:  # pragma: no cover - botocore's internals moved: a plain one will do
+        return "sesd"
 
 
 def _freeze_user_agent(client: Any) -> None:
