@@ -222,6 +222,15 @@ def read_environment(env_file: str | os.PathLike[str] = ".env") -> dict[str, str
     return merged
 
 
+def _default(name: str) -> str:
+    """A setting's default as the environment would spell it: Settings is the one place
+    defaults are written."""
+    value = getattr(_DEFAULTS, name)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build and validate the settings; raises ConfigError naming the bad variable."""
     if env is None:
@@ -230,6 +239,20 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     def get(name: str, default: str = "") -> str:
         return env.get(name, default).strip()
 
+    # Each variable's default is its Settings field's (the field named like the variable unless
+    # given): Settings is the one place defaults are written.
+    def num(name: str, field: str = "", *, minimum: float, maximum: float | None = None
+            ) -> float:
+        raw = get(name, _default(field or name.lower()))
+        return _number(name, raw, minimum=minimum, maximum=maximum)
+
+    def whole(name: str, field: str = "", *, minimum: int, maximum: int) -> int:
+        raw = get(name, _default(field or name.lower()))
+        return _integer(name, raw, minimum=minimum, maximum=maximum)
+
+    def flag(name: str, field: str = "") -> bool:
+        return _bool(name, get(name, _default(field or name.lower())))
+
     transport = get("EMAIL_TRANSPORT").lower() or (
         "ses" if _has_aws_credentials(env) else "outbox"
     )
@@ -237,7 +260,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         choices = " or ".join(TRANSPORTS)
         raise ConfigError("EMAIL_TRANSPORT", f"must be {choices}, got {transport!r}")
 
-    region = get("AWS_REGION") or "ap-northeast-2"
+    region = get("AWS_REGION") or _default("aws_region")
     if not _REGION_RE.fullmatch(region):
         raise ConfigError("AWS_REGION", f"not an AWS region name (like eu-west-1): {region!r}")
 
@@ -253,21 +276,21 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             "SES_CONFIG_SET", f"must be 1-64 letters, digits, '_' or '-', got {config_set!r}"
         )
 
-    rate = _number("EMAIL_RATE", get("EMAIL_RATE", "14"), minimum=0, maximum=100_000)
+    rate = num("EMAIL_RATE", minimum=0, maximum=100_000)
     default_concurrency = max(1, min(int(2 * rate), 1000)) if rate else 100
     concurrency = _integer(
         "MAX_CONCURRENT", get("MAX_CONCURRENT", str(default_concurrency)), minimum=1, maximum=10_000
     )
 
-    host = get("SERVER_HOST", "http://localhost:3000").rstrip("/")
+    host = get("SERVER_HOST", _default("server_host")).rstrip("/")
     if not re.fullmatch(r"https?://[^/\s?#]+(/\S*)?", host):
         raise ConfigError("SERVER_HOST", f"must be an http(s) base URL, got {host!r}")
 
-    bind = get("SERVER_BIND") or "0.0.0.0"
+    bind = get("SERVER_BIND") or _default("server_bind")
     if not _BIND_RE.fullmatch(bind):
         raise ConfigError("SERVER_BIND", f"must be an IP address or host name, got {bind!r}")
 
-    pattern = get("SNS_CERT_URL_PATTERN", DEFAULT_SNS_CERT_URL_PATTERN)
+    pattern = get("SNS_CERT_URL_PATTERN", _default("sns_cert_url_pattern"))
     if not pattern:
         # An empty pattern would match every URL: certificates could be fetched from anywhere.
         raise ConfigError("SNS_CERT_URL_PATTERN", "must not be empty (unset it for the default)")
@@ -302,18 +325,18 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     log_format = get("LOG_FORMAT") or ("console" if os.isatty(2) else "json")
     if log_format not in LOG_FORMATS:
         raise ConfigError("LOG_FORMAT", f"must be console or json, got {log_format!r}")
-    log_level = (get("LOG_LEVEL") or "info").lower()
+    log_level = (get("LOG_LEVEL") or _default("log_level")).lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError("LOG_LEVEL", f"must be {', '.join(LOG_LEVELS)}, got {log_level!r}")
 
-    db_path = Path(_control_free("DB_PATH", get("DB_PATH", "./data/app.db")))
+    db_path = Path(_control_free("DB_PATH", get("DB_PATH", _default("db_path"))))
     if not db_path.name or db_path.name in (".", ".."):
         raise ConfigError("DB_PATH", "must name a file")
     outbox_dir = Path(_control_free("OUTBOX_DIR", get("OUTBOX_DIR")) or db_path.parent / "outbox")
 
-    retry_base = _number("WEBHOOK_RETRY_BASE", get("WEBHOOK_RETRY_BASE", "5"), minimum=0.01,
+    retry_base = num("WEBHOOK_RETRY_BASE", minimum=0.01,
                          maximum=86_400)
-    retry_max = _number("WEBHOOK_RETRY_MAX", get("WEBHOOK_RETRY_MAX", "3600"), minimum=0.01,
+    retry_max = num("WEBHOOK_RETRY_MAX", minimum=0.01,
                         maximum=86_400)
     if retry_max < retry_base:
         raise ConfigError("WEBHOOK_RETRY_MAX", f"must be at least WEBHOOK_RETRY_BASE "
@@ -324,7 +347,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         email_sender=sender,
         ses_config_set=config_set,
         email_transport=transport,
-        server_port=_integer("SERVER_PORT", get("SERVER_PORT", "3000"), minimum=0, maximum=65535),
+        server_port=whole("SERVER_PORT", minimum=0, maximum=65535),
         server_host=host,
         server_bind=bind,
         api_key=get("API_KEY"),
@@ -332,49 +355,43 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         outbox_dir=outbox_dir,
         email_rate=rate,
         max_concurrent=concurrency,
-        max_request_mb=_number("MAX_REQUEST_MB", get("MAX_REQUEST_MB", "32"), minimum=0.001),
+        max_request_mb=num("MAX_REQUEST_MB", minimum=0.001),
         sns_cert_url_pattern=pattern,
         sns_topic_arns=topics,
         sentry_dsn=sentry_dsn,
-        env=get("ENV", "dev") or "dev",
+        env=get("ENV") or _default("env"),
         log_format=log_format,
         log_level=log_level,
         tracking_key=tracking_key,
-        bulk=_bool("EMAIL_BULK", get("EMAIL_BULK", "true")),
-        ses_timeout=_number("SES_TIMEOUT", get("SES_TIMEOUT", "20"), minimum=0.1, maximum=300),
-        ses_quota_refresh=_number("SES_QUOTA_REFRESH", get("SES_QUOTA_REFRESH", "300"),
-                                  minimum=1, maximum=86_400),
-        shutdown_grace=_number(
-            "SHUTDOWN_GRACE", get("SHUTDOWN_GRACE", "10"), minimum=0, maximum=600
+        bulk=flag("EMAIL_BULK", "bulk"),
+        ses_timeout=num("SES_TIMEOUT", minimum=0.1, maximum=300),
+        ses_quota_refresh=num("SES_QUOTA_REFRESH", minimum=1, maximum=86_400),
+        shutdown_grace=num("SHUTDOWN_GRACE", minimum=0, maximum=600
         ),
-        max_attempts=_integer("MAX_ATTEMPTS", get("MAX_ATTEMPTS", "8"), minimum=1, maximum=100),
-        max_recipients=_integer("MAX_RECIPIENTS", get("MAX_RECIPIENTS", "100000"), minimum=1,
+        max_attempts=whole("MAX_ATTEMPTS", minimum=1, maximum=100),
+        max_recipients=whole("MAX_RECIPIENTS", minimum=1,
                                 maximum=10_000_000),
-        idempotency_ttl_hours=_number("IDEMPOTENCY_TTL_HOURS", get("IDEMPOTENCY_TTL_HOURS", "24"),
-                                      minimum=0.001, maximum=24 * 366),
-        sqlite_max_pages=_integer("SQLITE_MAX_PAGES", get("SQLITE_MAX_PAGES", "0"), minimum=0,
+        idempotency_ttl_hours=num("IDEMPOTENCY_TTL_HOURS", minimum=0.001, maximum=24 * 366),
+        sqlite_max_pages=whole("SQLITE_MAX_PAGES", minimum=0,
                                   maximum=2**31 - 1),
         fault_crash_email=get("SESD_FAULT_CRASH_EMAIL"),
         allowed_senders=_allowed_senders(get("ALLOWED_SENDERS"), sender),
         unsubscribe_mailto=_mailbox("UNSUBSCRIBE_MAILTO", get("UNSUBSCRIBE_MAILTO")),
-        http_header_timeout=_number("HTTP_HEADER_TIMEOUT", get("HTTP_HEADER_TIMEOUT", "10"),
-                                    minimum=0.1, maximum=600),
-        http_body_timeout=_number("HTTP_BODY_TIMEOUT", get("HTTP_BODY_TIMEOUT", "60"),
-                                  minimum=0.1, maximum=3600),
-        http_idle_timeout=_number("HTTP_IDLE_TIMEOUT", get("HTTP_IDLE_TIMEOUT", "30"),
-                                  minimum=0.1, maximum=3600),
-        http_max_connections=_integer("HTTP_MAX_CONNECTIONS",
-                                      get("HTTP_MAX_CONNECTIONS", "1000"), minimum=8,
+        http_header_timeout=num("HTTP_HEADER_TIMEOUT", minimum=0.1, maximum=600),
+        http_body_timeout=num("HTTP_BODY_TIMEOUT", minimum=0.1, maximum=3600),
+        http_idle_timeout=num("HTTP_IDLE_TIMEOUT", minimum=0.1, maximum=3600),
+        http_max_connections=whole("HTTP_MAX_CONNECTIONS", minimum=8,
                                       maximum=1_000_000),
         webhook_allow_private=_bool("WEBHOOK_ALLOW_PRIVATE", get("WEBHOOK_ALLOW_PRIVATE")),
-        webhook_timeout=_number("WEBHOOK_TIMEOUT", get("WEBHOOK_TIMEOUT", "10"), minimum=0.1,
+        webhook_timeout=num("WEBHOOK_TIMEOUT", minimum=0.1,
                                 maximum=300),
-        webhook_concurrency=_integer("WEBHOOK_CONCURRENCY", get("WEBHOOK_CONCURRENCY", "8"),
-                                     minimum=1, maximum=1000),
+        webhook_concurrency=whole("WEBHOOK_CONCURRENCY", minimum=1, maximum=1000),
         webhook_retry_base=retry_base,
         webhook_retry_max=retry_max,
-        webhook_retry_window=_number("WEBHOOK_RETRY_WINDOW",
-                                     get("WEBHOOK_RETRY_WINDOW", "86400"), minimum=1,
+        webhook_retry_window=num("WEBHOOK_RETRY_WINDOW", minimum=1,
                                      maximum=30 * 86_400),
         aws_env=tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_"))),
     )
+
+
+_DEFAULTS = Settings()

@@ -22,6 +22,7 @@ import structlog
 from .config import Settings
 from .messages import Batch, Credit, Job
 from .store import Store, now_ms
+from .wakeup import drain
 
 # One claim transaction never takes more than this many rows: keeps the write lock short.
 CLAIM_CHUNK = 5_000
@@ -120,9 +121,9 @@ class Scheduler:
         except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
             return
         if self._wake_r in ready:
-            _drain(self._wake_r)
+            drain(self._wake_r)
         if self.ch.nudges.fileno() in ready:
-            _drain(self.ch.nudges.fileno())
+            drain(self.ch.nudges.fileno())
         if self.ch.credits.fileno() in ready:
             self._take_credit(block_for=0.0)
 
@@ -137,14 +138,6 @@ class Scheduler:
             # The sender is gone; the supervisor restarts the pipeline. Stop claiming.
             log.warning("sender channel closed; scheduler stopping")
             self.stopping = True
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def main(settings: Settings, channels: SchedulerChannels) -> int:

@@ -36,6 +36,7 @@ from .scheduler import main as scheduler_main
 from .sender.process import SenderChannels
 from .sender.process import main as sender_main
 from .store import Store
+from .wakeup import drain
 
 # Exit codes (dramatiq-style names): what the operator should look at.
 RET_OK, RET_CONFIG, RET_LOCKED, RET_CHILD_CONFIG, RET_STORAGE_FULL = 0, 2, 3, 4, 5
@@ -127,7 +128,7 @@ class Supervisor:
         code = RET_OK
         while not self.signals:
             wait([p.sentinel for p in self.procs.values()] + [self._wake_r], timeout=1.0)
-            _drain(self._wake_r)
+            drain(self._wake_r)
             for role, proc in list(self.procs.items()):
                 if proc.is_alive() or self.signals:
                     continue
@@ -184,7 +185,7 @@ class Supervisor:
         deadline = now + delay
         while not self.signals and time.monotonic() < deadline:
             wait([self._wake_r], timeout=deadline - time.monotonic())
-            _drain(self._wake_r)
+            drain(self._wake_r)
         return not self.signals
 
     def _shutdown(self) -> None:
@@ -198,15 +199,6 @@ class Supervisor:
         self._stop("notifier", min(grace, self.settings.webhook_timeout) + 5)
         released = self.store.release_processing().released
         log.info("stopped", returned_to_created=released)
-
-
-def _drain(fd: int) -> None:
-    os.set_blocking(fd, False)
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def _fail(message: str, stream: TextIO = sys.stderr) -> None:
