@@ -7,17 +7,16 @@ supported subset that refuses what handlebars.js would refuse (and what the rend
 would quietly accept), and `Template.missing` names the first variable a recipient's data lacks
 before anything is stored.
 
-Rendering goes through pybars3, fed a canonical source that this package writes from its own
-syntax tree, so the library never sees a construct it handles differently from handlebars.js:
-  - comments, `~` whitespace control and standalone block lines are resolved here, following
-    handlebars.js, and the library's own (approximate) whitespace pass is switched off;
-  - `if`, `unless`, `each` and `with` are replaced by helpers with handlebars.js semantics
-    (`{}` is truthy, `{{else}}` works in `unless`, `../` inside `with` reaches the outer context,
-    `each` over a string renders `{{else}}`, `@key` of an array item is its index);
-  - outputs go through helpers that stringify like JavaScript (`1.0` -> `1`, `[1,2]` -> `1,2`)
-    and escape like handlebars.js (`& < > " ' \\` =`; the library leaves `=` alone).
-  - path lookup is ours too: own keys only (pybars would find `dict.keys` for `{{user.keys}}`),
-    list indexes and `length`, and the same lookup `Template.missing` uses.
+Rendering is sesd's own: an interpreter over the syntax tree (`render`), with handlebars.js
+semantics where libraries differ from it:
+  - comments, `~` whitespace control and standalone block lines are resolved as handlebars.js
+    resolves them (`whitespace`);
+  - `{}` is truthy, `{{else}}` works in `unless`, `../` inside `with` reaches the outer context,
+    `each` over a string renders `{{else}}`, `@key` of an array item is its index;
+  - outputs stringify like JavaScript (`1.0` -> `1`, `[1,2]` -> `1,2`) and escape like
+    handlebars.js (`& < > " ' \\` =`);
+  - path lookup reads own keys only (`{{user.keys}}` is not dict.keys), list indexes and
+    `length`, and is the same lookup `Template.missing` uses.
 Not reproduced: handlebars.js adds two raw outputs that meet at the start of a block when both
 are numbers or booleans (`{{{a}}}{{{b}}}` of 1 and 2 gives `3`), an artefact of its compiled
 JavaScript; here they print side by side (`12`).
@@ -25,11 +24,12 @@ JavaScript; here they print side by side (`12`).
 Not supported, and refused with a TemplateError: partials and inline partials, helpers other
 than the four blocks (no `lookup`, `log`, sub-expressions or hash arguments), `{{else if}}`,
 `{{^}}` inverse sections, raw blocks, block parameters, escaped mustaches (`\\{{`), and quotes
-or backslashes inside `[literal segments]` (pybars pastes names into the Python it generates).
+or backslashes inside `[literal segments]` (refused since pybars, still the test oracle, pastes
+names into the Python it generates).
 
 The pipeline, one module each: `lexer` (text and tags) -> `parser` (the `syntax` tree) ->
 `whitespace` (handlebars.js's whitespace control) -> `template` (`Template`: `missing` checks
-data with `lookup` and `values`, `canonical` renders through pybars).
+data and `render` renders it, both with `lookup` and `values`).
 """
 
 from sesd.templating.limits import (

@@ -6,14 +6,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sesd.templating.lookup import ABSENT, Frame, label, resolver
+from sesd.templating.lookup import Frame, getter, label, start
 from sesd.templating.syntax import Comment, Content, Node, Output
-from sesd.templating.values import empty, js_keys, truthy
+from sesd.templating.values import each_items, empty, truthy
 
 Check = Callable[[Frame, Frame], "str | None"]
 
 
+def missing(check: Check | None, data: Mapping[str, Any]) -> str | None:
+    if check is None:
+        return None
+    root = Frame(data)
+    return check(root, root)
+
+
 def checker(nodes: list[Node]) -> Check | None:
+    """The check of `nodes`, or None when they cannot miss anything (text, @data outputs)."""
     checks = [check for node in nodes if (check := _node_checker(node)) is not None]
     if not checks:
         return None
@@ -34,16 +42,15 @@ def _node_checker(node: Node) -> Check | None:
     if isinstance(node, Content | Comment) or (isinstance(node, Output) and node.path.data):
         return None
     path = node.path
-    resolve = resolver(path)
+    get = getter(path)
 
-    def missing_here(frame: Frame) -> str:
-        return label(frame[1] + path.parts)
+    def missing_here(frame: Frame, root: Frame) -> str:
+        return label(start(path, frame, root).where + path.parts)
 
     if isinstance(node, Output):
 
         def check_output(frame: Frame, root: Frame) -> str | None:
-            value, start = resolve(frame, root)
-            return missing_here(start) if value is ABSENT or value is None else None
+            return missing_here(frame, root) if get(frame, root) is None else None
 
         return check_output
     body = checker(node.program)
@@ -52,8 +59,7 @@ def _node_checker(node: Node) -> Check | None:
         unless = node.helper == "unless"
 
         def check_if(frame: Frame, root: Frame) -> str | None:
-            value, _ = resolve(frame, root)
-            taken = (value is not ABSENT and truthy(value)) != unless
+            taken = truthy(get(frame, root)) != unless
             branch = body if taken else inverse
             return branch(frame, root) if branch is not None else None
 
@@ -61,34 +67,32 @@ def _node_checker(node: Node) -> Check | None:
     if node.helper == "with":
 
         def check_with(frame: Frame, root: Frame) -> str | None:
-            value, start = resolve(frame, root)
-            if value is ABSENT or value is None:
-                return missing_here(start)
+            value = get(frame, root)
+            if value is None:
+                return missing_here(frame, root)
             if empty(value):
                 return inverse(frame, root) if inverse is not None else None
             if body is None:
                 return None
-            return body((value, start[1] + path.parts, frame), root)
+            where = start(path, frame, root).where + path.parts
+            return body(Frame(value, frame, where, frame.item), root)
 
         return check_with
 
     def check_each(frame: Frame, root: Frame) -> str | None:
-        value, start = resolve(frame, root)
-        if value is ABSENT or value is None:
-            return missing_here(start)
-        if isinstance(value, list | tuple):
-            items: list[tuple[str | int, Any]] = list(enumerate(value))
-        elif isinstance(value, Mapping):
-            items = [(key, value[key]) for key in js_keys(value)]
-        else:
-            items = []
+        value = get(frame, root)
+        if value is None:
+            return missing_here(frame, root)
+        items = each_items(value)
         if not items:
             return inverse(frame, root) if inverse is not None else None
         if body is None:
             return None
-        where = start[1] + path.parts
-        for key, item in items:
-            found = body((item, (*where, key), frame), root)
+        where = start(path, frame, root).where + path.parts
+        last = len(items) - 1
+        for index, (key, item) in enumerate(items):
+            data = (index, key, index == 0, index == last)
+            found = body(Frame(item, frame, (*where, key), data), root)
             if found is not None:
                 return found
         return None

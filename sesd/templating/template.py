@@ -3,32 +3,30 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from sesd.templating.canonical import HELPERS, canonical_source, compile_canonical
 from sesd.templating.lexer import Tag, tags
-from sesd.templating.lookup import Frame
-from sesd.templating.missing import checker
+from sesd.templating.missing import checker, missing
 from sesd.templating.parser import parse_tree
+from sesd.templating.render import renderer
 from sesd.templating.syntax import Node
 from sesd.templating.whitespace import control_whitespace, flatten
 
 
 class Template:
-    """A parsed template: checked per recipient, rendered (compiled on first use) per recipient.
+    """A parsed template, checked and rendered per recipient.
 
-    Compiling with pybars is slow (about 2.5 ms a tag: seconds for a large newsletter), and in
-    production SES renders, so `render` compiles only when first asked, once per template.
+    Immutable once built, so one Template serves every thread at once (the API validates in
+    worker threads while the sender renders on its event loop).
     """
 
-    __slots__ = ("_check", "_emitted", "_render", "source")
+    __slots__ = ("_check", "_render", "source")
 
     def __init__(self, source: str, nodes: list[Node]) -> None:
         self.source = source
         self._check = checker(nodes)
-        self._emitted = canonical_source(nodes)
-        self._render: Callable[..., Any] | None = None
+        self._render = renderer(nodes)
 
     def missing(self, data: Mapping[str, Any]) -> str | None:
         """The first variable `render(data)` would need and not find (`user.name`,
@@ -38,20 +36,16 @@ class Template:
         value of an `{{#each}}`/`{{#with}}`, that is absent or null is missing: SES fails the
         message for it rather than rendering nothing.
         """
-        if self._check is None:
-            return None
-        root: Frame = (data, (), None)
-        return self._check(root, root)
+        return missing(self._check, data)
 
     def render(self, data: Mapping[str, Any]) -> str:
         """The text SES would produce from `data` (absent values render as nothing)."""
-        if self._render is None:
-            self._render = compile_canonical(self._emitted)
-        return str(self._render(data, helpers=HELPERS))
+        return self._render(data)
 
 
 # A bulk send checks and renders one template for many recipients, and messages of a campaign
-# share theirs: parse (and the slow compile behind render) happen once per distinct source.
+# share theirs: each distinct source is parsed once. lru_cache is safe across threads; two
+# threads parsing the same new source at once may both parse it, and either result is right.
 @functools.lru_cache(maxsize=128)
 def parse(source: str) -> Template:
     """Parse `source` as a Handlebars template of the supported subset.

@@ -8,14 +8,29 @@ from decimal import Decimal
 from typing import Any
 
 # handlebars.js escapes `=` and the backtick too, which Python's html.escape leaves alone.
-_ESCAPES = str.maketrans(
-    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
-    | {"'": "&#x27;", "`": "&#x60;", "=": "&#x3D;"}
+# `&` comes first, so that no entity written here is escaped again.
+ESCAPES = (
+    ("&", "&amp;"),
+    ("<", "&lt;"),
+    (">", "&gt;"),
+    ('"', "&quot;"),
+    ("'", "&#x27;"),
+    ("`", "&#x60;"),
+    ("=", "&#x3D;"),
 )
 
 
 def escape(text: str) -> str:
-    return text.translate(_ESCAPES)
+    """HTML-escape as handlebars.js does.
+
+    One `in` and, if found, one `replace` per character: each is a linear scan in C, where
+    `str.translate` with multi-character replacements runs about ten times slower on text
+    that has many of them, and a regular expression slower still on text that has none.
+    """
+    for char, entity in ESCAPES:
+        if char in text:
+            text = text.replace(char, entity)
+    return text
 
 
 def js_number(value: float) -> str:
@@ -94,3 +109,13 @@ def js_keys(mapping: Mapping[str, Any]) -> list[str]:
     if not indexes:
         return keys
     return sorted(indexes, key=int) + [key for key in keys if not _is_array_index(key)]
+
+
+def each_items(value: Any) -> list[tuple[int | str, Any]]:
+    """What `{{#each}}` iterates: an array's items by index, an object's in Object.keys order;
+    nothing for anything else (a string renders the `{{else}}`, as in handlebars.js)."""
+    if isinstance(value, list | tuple):
+        return list(enumerate(value))
+    if isinstance(value, Mapping):
+        return [(key, value[key]) for key in js_keys(value)]
+    return []
