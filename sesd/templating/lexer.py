@@ -23,6 +23,12 @@ _UNSUPPORTED_SIGILS = {">": "partials", "^": "inverse sections ({{^x}})", "*": "
 _CLOSE = re.compile(r"(~?)}}")
 _CLOSE_TRIPLE = re.compile(r"}(~?)}}")
 _LONG_COMMENT_CLOSE = re.compile(r"--(~?)}}")
+# The common tag (`{{name}}`, `{{#if x}}`, `{{/if}}`, `{{&x}}`, with `~`) in one match, where
+# `read_tag` would step through it. Its inside holds none of the characters that make
+# `read_tag` look closer (braces, `~`, `[`, the sigils it refuses), `}}}` is left to it, and
+# the possessive `?+` never gives back a `~` or sigil, so both read every such tag alike.
+_SIMPLE_TAG = re.compile(r"\{\{(~?+)([#/&]?+)([^{}~\[!>^*]*)(?:(~)\}\}|\}\}(?!\}))")
+_SIMPLE_KINDS = {"": "output", "#": "open", "/": "close", "&": "raw"}
 
 
 def tags(source: str) -> Iterator[Content | Tag]:
@@ -38,11 +44,20 @@ def tags(source: str) -> Iterator[Content | Tag]:
             raise TemplateError("escaped mustaches (\\{{) are not supported", source, j - 1)
         if j > i:
             yield Content(source[i:j], source[i:j])
-        yield (tag := _read_tag(source, j))
+        simple = _SIMPLE_TAG.match(source, j)
+        if simple is None:
+            tag = read_tag(source, j)
+        else:
+            strip_open, sigil, inner, strip_close = simple.groups()
+            kind = _SIMPLE_KINDS[sigil]
+            if kind == "output" and inner.strip() == "else":
+                kind = "else"
+            tag = Tag(kind, j, simple.end(), inner, (bool(strip_open), bool(strip_close)))
+        yield tag
         i = tag.end
 
 
-def _read_tag(source: str, start: int) -> Tag:
+def read_tag(source: str, start: int) -> Tag:
     k = start + 2
     strip_open = source.startswith("~", k)
     k += strip_open

@@ -10,18 +10,26 @@ from sesd.templating.lookup import Frame, getter, label, start
 from sesd.templating.syntax import Comment, Content, Node, Output
 from sesd.templating.values import each_items, empty, truthy
 
-Check = Callable[[Frame, Frame], "str | None"]
+# A whole template's check: from a recipient's data to the first missing name, else None.
+Check = Callable[[Mapping[str, Any]], "str | None"]
+# A check of part of a template, in a frame: None when the part cannot miss anything.
+_Check = Callable[[Frame, Frame], "str | None"]
 
 
-def missing(check: Check | None, data: Mapping[str, Any]) -> str | None:
+def checker(nodes: list[Node]) -> Check:
+    """The check of a template's `nodes`, as nested closures like `render.renderer`'s."""
+    check = _checker(nodes)
     if check is None:
-        return None
-    root = Frame(data)
-    return check(root, root)
+        return lambda data: None
+
+    def missing(data: Mapping[str, Any]) -> str | None:
+        root = Frame(data)
+        return check(root, root)
+
+    return missing
 
 
-def checker(nodes: list[Node]) -> Check | None:
-    """The check of `nodes`, or None when they cannot miss anything (text, @data outputs)."""
+def _checker(nodes: list[Node]) -> _Check | None:
     checks = [check for node in nodes if (check := _node_checker(node)) is not None]
     if not checks:
         return None
@@ -38,7 +46,7 @@ def checker(nodes: list[Node]) -> Check | None:
     return check_all
 
 
-def _node_checker(node: Node) -> Check | None:
+def _node_checker(node: Node) -> _Check | None:
     if isinstance(node, Content | Comment) or (isinstance(node, Output) and node.path.data):
         return None
     path = node.path
@@ -53,8 +61,8 @@ def _node_checker(node: Node) -> Check | None:
             return missing_here(frame, root) if get(frame, root) is None else None
 
         return check_output
-    body = checker(node.program)
-    inverse = checker(node.inverse or [])
+    body = _checker(node.program)
+    inverse = _checker(node.inverse or [])
     if node.helper in ("if", "unless"):
         unless = node.helper == "unless"
 

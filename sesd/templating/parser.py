@@ -98,9 +98,13 @@ def parse_tree(source: str) -> list[Node]:
     # (block, where its tags go now, the context inside it)
     stack: list[tuple[Block, list[Node], _Context]] = []
     body, scope = root, _Context(0, False)
+    # Templates repeat their names; a path's meaning does not depend on where it stands.
+    paths: dict[str, PathExpr] = {}
 
     def path_of(tag: Tag, token: str) -> PathExpr:
-        path = _parse_path(token, source, tag.start)
+        path = paths.get(token)
+        if path is None:
+            path = paths[token] = _parse_path(token, source, tag.start)
         if path.depth > scope.depth:
             raise TemplateError("'../' goes above the top-level data", source, tag.start)
         if path.data and not scope.in_each:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sesd.templating.lexer import Tag, tags
-from sesd.templating.missing import checker, missing
+from sesd.templating.missing import Check, checker
 from sesd.templating.parser import parse_tree
 from sesd.templating.render import renderer
 from sesd.templating.syntax import Node
@@ -17,16 +17,20 @@ from sesd.templating.whitespace import control_whitespace, flatten
 class Template:
     """A parsed template, checked and rendered per recipient.
 
-    Immutable once built, so one Template serves every thread at once (the API validates in
-    worker threads while the sender renders on its event loop).
+    The check and the renderer are built from the tree when first used: the API only checks
+    and the sender only renders, so each process builds just the one it needs. The tree is
+    never changed after `parse`, so a Template serves any number of threads at once (the API
+    checks in worker threads while the sender renders on its event loop): two threads that
+    both find one unbuilt build equal functions, and either is kept.
     """
 
-    __slots__ = ("_check", "_render", "source")
+    __slots__ = ("_check", "_nodes", "_render", "source")
 
     def __init__(self, source: str, nodes: list[Node]) -> None:
         self.source = source
-        self._check = checker(nodes)
-        self._render = renderer(nodes)
+        self._nodes = nodes
+        self._check: Check | None = None
+        self._render: Callable[[Mapping[str, Any]], str] | None = None
 
     def missing(self, data: Mapping[str, Any]) -> str | None:
         """The first variable `render(data)` would need and not find (`user.name`,
@@ -36,11 +40,17 @@ class Template:
         value of an `{{#each}}`/`{{#with}}`, that is absent or null is missing: SES fails the
         message for it rather than rendering nothing.
         """
-        return missing(self._check, data)
+        check = self._check
+        if check is None:
+            check = self._check = checker(self._nodes)
+        return check(data)
 
     def render(self, data: Mapping[str, Any]) -> str:
         """The text SES would produce from `data` (absent values render as nothing)."""
-        return self._render(data)
+        render = self._render
+        if render is None:
+            render = self._render = renderer(self._nodes)
+        return render(data)
 
 
 # A bulk send checks and renders one template for many recipients, and messages of a campaign
