@@ -22,6 +22,9 @@ _BLOCK_HELPERS = frozenset({"if", "unless", "each", "with"})
 # Names handlebars.js resolves as helpers before data: `{{log}}` would call the helper.
 _HELPER_NAMES = _BLOCK_HELPERS | {"lookup", "log", "helperMissing", "blockHelperMissing"}
 _DATA_VARS = frozenset({"index", "key", "first", "last"})
+# Whitespace control, checking and rendering recurse once or twice a level; far deeper than any
+# e-mail needs, and far from Python's recursion limit, which would otherwise be the error.
+MAX_NESTED_BLOCKS = 100
 
 # handlebars.js ID: anything but whitespace and these punctuation marks.
 _ID = re.compile(r"[^\s!\"#%&'()*+,./;<=>@\[\\\]^`{|}~]+")
@@ -144,6 +147,9 @@ def parse_tree(source: str) -> list[Node]:
                 raise TemplateError(
                     "{{#with this}} changes nothing; leave it out", source, tag.start
                 )
+            if len(stack) == MAX_NESTED_BLOCKS:
+                problem = f"blocks nested more than {MAX_NESTED_BLOCKS} deep"
+                raise TemplateError(problem, source, tag.start)
             body.append(block)
             stack.append((block, body, scope))
             body = block.program
