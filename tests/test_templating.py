@@ -387,7 +387,7 @@ def test_one_template_serves_many_threads_at_once() -> None:
     expected = [(parse(source).render(d), parse(source).missing(d)) for d in datas]
     assert expected[5][1] == "users[3].p.name"
     parse.cache_clear()
-    template = parse(source)  # built neither check nor renderer yet: the threads race to
+    template = parse(source)  # a fresh one: nothing of it used yet when the threads start
     start = threading.Barrier(8)
 
     def work(offset: int) -> list[tuple[str, str | None]]:

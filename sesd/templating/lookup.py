@@ -7,7 +7,7 @@ null, which renders as nothing and which `missing` reports just as it reports an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +15,7 @@ from sesd.templating.syntax import PathExpr
 
 # @index, @key, @first and @last of an `{{#each}}` item, in that order.
 ItemData = tuple[int, "int | str", bool, bool]
-_DATA_FIELDS = ("index", "key", "first", "last")
-Getter = Callable[["Frame", "Frame"], Any]
+_DATA_FIELDS = {"index": 0, "key": 1, "first": 2, "last": 3}
 
 
 @dataclass(slots=True)
@@ -56,44 +55,22 @@ def start(path: PathExpr, frame: Frame, root: Frame) -> Frame:
     return frame
 
 
-def getter(path: PathExpr) -> Getter:
-    """A function from (frame, root frame) to the value at `path`, None when there is none.
-
-    Paths are fixed when the template is parsed, so each gets the function that does only its
-    own work: the common `{{name}}` is one dict lookup.
-    """
-    parts = path.parts
-    if path.data:
-        field = _DATA_FIELDS.index(path.data)
-
-        def item_data(frame: Frame, root: Frame) -> Any:
-            # The parser allows @data only inside {{#each}}, where every frame has it.
-            return frame.item[field]  # type: ignore[index]
-
-        return item_data
-    if not path.root and not path.depth:
-        if not parts:
-            return lambda frame, root: frame.value
-        if len(parts) == 1:
-            (only,) = parts
-
-            def one_name(frame: Frame, root: Frame) -> Any:
-                value = frame.value
-                if type(value) is dict:
-                    return value.get(only)
-                return step(value, only)
-
-            return one_name
-
-    def walk(frame: Frame, root: Frame) -> Any:
-        value = start(path, frame, root).value
-        for part in parts:
-            value = step(value, part)
-            if value is None:
-                break
-        return value
-
-    return walk
+def resolve(path: PathExpr, frame: Frame, root: Frame) -> Any:
+    """The value at `path` from `frame` (`root` is the top-level frame), None when absent."""
+    if path.depth:
+        frame = start(path, frame, root)
+    elif path.root:
+        frame = root
+    elif path.data:
+        # The parser allows @data only inside {{#each}}, where every frame has it.
+        return frame.item[_DATA_FIELDS[path.data]]  # type: ignore[index]
+    value = frame.value
+    for part in path.parts:
+        # Most data is JSON objects: a dict lookup first, the general step for the rest.
+        value = value.get(part) if type(value) is dict else step(value, part)
+        if value is None:
+            return None
+    return value
 
 
 def label(parts: tuple[str | int, ...]) -> str:

@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sesd.templating.lexer import Tag, tags
-from sesd.templating.missing import Check, checker
+from sesd.templating.missing import first_missing
 from sesd.templating.parser import parse_tree
-from sesd.templating.render import renderer
+from sesd.templating.render import render_tree
 from sesd.templating.syntax import Node
 from sesd.templating.whitespace import control_whitespace, flatten
 
 
 class Template:
-    """A parsed template, checked and rendered per recipient.
+    """A parsed template, checked and rendered per recipient by walking its syntax tree.
 
-    The check and the renderer are built from the tree when first used: the API only checks
-    and the sender only renders, so each process builds just the one it needs. The tree is
-    never changed after `parse`, so a Template serves any number of threads at once (the API
-    checks in worker threads while the sender renders on its event loop): two threads that
-    both find one unbuilt build equal functions, and either is kept.
+    The tree is not changed after `parse`, and checking and rendering only read it, so one
+    Template serves any number of threads at once (the API checks in worker threads while the
+    sender renders on its event loop).
     """
 
-    __slots__ = ("_check", "_nodes", "_render", "source")
+    __slots__ = ("_nodes", "source")
 
     def __init__(self, source: str, nodes: list[Node]) -> None:
         self.source = source
         self._nodes = nodes
-        self._check: Check | None = None
-        self._render: Callable[[Mapping[str, Any]], str] | None = None
 
     def missing(self, data: Mapping[str, Any]) -> str | None:
         """The first variable `render(data)` would need and not find (`user.name`,
@@ -40,17 +36,11 @@ class Template:
         value of an `{{#each}}`/`{{#with}}`, that is absent or null is missing: SES fails the
         message for it rather than rendering nothing.
         """
-        check = self._check
-        if check is None:
-            check = self._check = checker(self._nodes)
-        return check(data)
+        return first_missing(self._nodes, data)
 
     def render(self, data: Mapping[str, Any]) -> str:
         """The text SES would produce from `data` (absent values render as nothing)."""
-        render = self._render
-        if render is None:
-            render = self._render = renderer(self._nodes)
-        return render(data)
+        return render_tree(self._nodes, data)
 
 
 # A bulk send checks and renders one template for many recipients, and messages of a campaign
