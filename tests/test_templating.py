@@ -11,7 +11,10 @@ import html
 import json
 import os
 import subprocess
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,8 @@ from sesd.templating import (
     parse,
     raw_outputs,
 )
+from sesd.templating.parser import MAX_NESTED_BLOCKS
+from sesd.templating.values import escape
 
 
 def render(source: str, data: dict[str, Any]) -> str:
@@ -315,6 +320,19 @@ def test_missing_ignores_data_variables_and_this_of_items() -> None:
     assert template.missing({"tags": ["a", None]}) == "tags[1]"
 
 
+def test_missing_follows_data_variables_in_conditions() -> None:
+    template = parse("{{#each l}}{{this}}{{#if @last}}.{{else}}{{../separator}}{{/if}}{{/each}}")
+    assert template.missing({"l": ["a"]}) is None  # the only item is the last
+    assert template.missing({"l": ["a", "b"]}) == "separator"
+    assert template.missing({"l": ["a", "b"], "separator": ", "}) is None
+    unless_first = parse("{{#each l}}{{#unless @first}}{{../separator}}{{/unless}}{{/each}}")
+    assert unless_first.missing({"l": ["a"]}) is None
+    assert unless_first.missing({"l": ["a", "b"]}) == "separator"
+    keyed = parse("{{#each o}}{{#with p}}{{#if @key}}{{name}}{{/if}}{{/with}}{{/each}}")
+    assert keyed.missing({"o": [{"p": {}}]}) is None  # @key of item 0 is 0, which is false
+    assert keyed.missing({"o": [{"p": {}}, {"p": {}}]}) == "o[1].p.name"
+
+
 def test_missing_checks_fast_enough_for_bulk_sends() -> None:
     template = parse("Hi {{first}} {{last}}, {{a}} {{b}} {{c.d}} {{e}} {{f}} {{g}} {{h.i}} {{j}}")
     data = {"first": "A", "last": "B", "a": 1, "b": 2, "c": {"d": 3}, "e": 4, "f": 5, "g": 6}
@@ -341,6 +359,66 @@ def test_render_is_fast() -> None:
     for _ in range(10_000):
         template.render(data)
     assert (time.process_time() - started) / 10_000 < 50e-6  # ~8 µs idle
+
+
+def test_blocks_nested_deeper_than_the_limit_are_refused() -> None:
+    def nested(depth: int) -> str:
+        return "{{#each a}}" * depth + "{{this}}" + "{{/each}}" * depth
+
+    data: dict[str, Any] = {"a": ["leaf"]}
+    for _ in range(MAX_NESTED_BLOCKS - 1):
+        data = {"a": [data]}
+    deepest = parse(nested(MAX_NESTED_BLOCKS))
+    assert deepest.render(data) == "leaf"
+    assert deepest.missing(data) is None
+    with pytest.raises(TemplateError) as caught:
+        parse(nested(MAX_NESTED_BLOCKS + 1))
+    assert f"nested more than {MAX_NESTED_BLOCKS} deep" in str(caught.value)
+    assert caught.value.column == 11 * MAX_NESTED_BLOCKS + 1
+
+
+def test_one_template_serves_many_threads_at_once() -> None:
+    source = "{{#each users}}{{#with p}}{{@index}}:{{name}}{{#if vip}}*{{/if}};{{/with}}{{/each}}"
+    datas = [
+        {"users": [{"p": {"name": f"u{i}-{j}", "vip": j % 2}} for j in range(i % 7)]}
+        for i in range(64)
+    ]
+    datas[5]["users"][3]["p"].pop("name")
+    expected = [(parse(source).render(d), parse(source).missing(d)) for d in datas]
+    assert expected[5][1] == "users[3].p.name"
+    parse.cache_clear()
+    template = parse(source)  # a fresh one: nothing of it used yet when the threads start
+    start = threading.Barrier(8)
+
+    def work(offset: int) -> list[tuple[str, str | None]]:
+        start.wait()
+        return [(template.render(d), template.missing(d)) for d in datas[offset:] + datas[:offset]]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(0, 64, 8)))
+    for offset, result in zip(range(0, 64, 8), results, strict=True):
+        assert result == expected[offset:] + expected[:offset]
+
+
+@given(st.text())
+def test_escape_is_handlebars_js_escaping(text: str) -> None:
+    entities = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
+    entities |= {"'": "&#x27;", "`": "&#x60;", "=": "&#x3D;"}
+    assert escape(text) == "".join(entities.get(char, char) for char in text)
+
+
+@pytest.mark.slow
+def test_templates_render_without_pybars_installed() -> None:
+    code = (
+        "import sys; sys.modules['pybars'] = None\n"  # any `import pybars` now fails
+        "from sesd.templating import parse\n"
+        "t = parse('{{#each l}}{{this}}{{/each}} {{name}}')\n"
+        "print(t.render({'l': [1, 2], 'name': '<A>'}), t.missing({}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "12 &lt;A&gt; l\n", "")
 
 
 # --- helpers for the other parts ---------------------------------------------------------------
