@@ -102,7 +102,7 @@ def test_children_by_title_are_the_ones_health_reports(
     health = sesd.pids()
     assert set(health) == set(ROLES)
     deadline = time.monotonic() + 10
-    while (titled := sesd.children()).keys() < health.keys() and time.monotonic() < deadline:
+    while not health.keys() <= (titled := sesd.children()).keys() and time.monotonic() < deadline:
         time.sleep(0.05)  # titles are set as each child starts
     assert {role: pid for role, pid in titled.items() if role in health} == health
     assert sesd.stop(signal.SIGTERM, timeout=30) == 0
