@@ -133,7 +133,7 @@ def _html_only(sent: Path, folder: Path) -> Path:
     return path
 
 
-def _envelope(sender: str):  # noqa: ANN202 - a one-line helper
+def _envelope(sender: str):
     from sesd.transports import Envelope
 
     return Envelope(sender)
