@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sesd.testing.harness import Service
-from sesd.transports import Email
+from sesd.transports import Email, Envelope
 from sesd.transports.outbox import OutboxTransport
 
 pytestmark = pytest.mark.slow
@@ -121,7 +121,7 @@ def _html_only(sent: Path, folder: Path) -> Path:
     headers = tuple((k, str(v)) for k, v in message.items() if k.lower().startswith(("list-",
                                                                                      "x-req")))
     transport = OutboxTransport(Settings(outbox_dir=folder))
-    base = Email(1, str(message["To"]), _envelope(str(message["From"])),
+    base = Email(1, str(message["To"]), Envelope(str(message["From"])),
                  str(message["Subject"]), html, None, headers)
 
     async def write() -> None:
@@ -131,9 +131,3 @@ def _html_only(sent: Path, folder: Path) -> Path:
     asyncio.run(write())
     [path] = folder.glob("*.eml")
     return path
-
-
-def _envelope(sender: str):
-    from sesd.transports import Envelope
-
-    return Envelope(sender)
