@@ -49,6 +49,7 @@ CREDIT_INTERVAL = 0.05
 METRICS_INTERVAL = 5.0
 STOP_POLL = 0.2  # how often held jobs are checked against topic stops while idle
 MAX_ERROR = 2000  # characters of SES's text kept per request
+CALL_HORIZON = 0.2  # seconds of sending one bulk call may take at the current rate
 
 
 @dataclass
@@ -356,7 +357,7 @@ class Sender:
         call = Call(held.job.content_id, [held], identity)
         if not (self.settings.bulk and self.bulk_supported and self.breaker.streak == 0):
             return call
-        limit = min(MAX_BULK_ENTRIES, max(1, self.bucket.available())) - 1
+        limit = min(MAX_BULK_ENTRIES, max(1, self.bucket.available()), self._call_size()) - 1
         if limit <= 0:
             return call
         contents = self.contents
@@ -380,6 +381,13 @@ class Sender:
             call.jobs += others
             call.mode = PASSTHROUGH_CALL
         return call
+
+    def _call_size(self) -> int:
+        """Most recipients one bulk call takes: the bucket paces calls by their size, so a call
+        of n delays the next by n / rate; at low rates, smaller calls keep the wait of the next
+        call (a transactional message) under CALL_HORIZON."""
+        rate = self.bucket.effective_rate
+        return MAX_BULK_ENTRIES if not rate else max(1, int(rate * CALL_HORIZON))
 
     def _fit_to_bucket(self, call: Call) -> None:
         """A throttle may have shrunk the bucket while we waited for a slot: put back what no
