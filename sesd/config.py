@@ -63,6 +63,9 @@ class Settings:
     # Seconds between two reads of the account's quota (GetAccount MaxSendRate): sending runs at
     # min(EMAIL_RATE, MaxSendRate), and accounts are raised and lowered.
     ses_quota_refresh: float = 300.0
+    # Seconds between two probes of a hold (account paused, credentials refused, From identity
+    # unverified): one message tries again; its success lifts the hold.
+    ses_hold_probe: float = 30.0
     max_attempts: int = 8
     # Most recipients one POST may carry; bounds the API's memory whatever MAX_REQUEST_MB allows.
     max_recipients: int = 100_000
@@ -366,6 +369,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         bulk=flag("EMAIL_BULK", "bulk"),
         ses_timeout=num("SES_TIMEOUT", minimum=0.1, maximum=300),
         ses_quota_refresh=num("SES_QUOTA_REFRESH", minimum=1, maximum=86_400),
+        ses_hold_probe=num("SES_HOLD_PROBE", minimum=0.1, maximum=3600),
         shutdown_grace=num("SHUTDOWN_GRACE", minimum=0, maximum=600
         ),
         max_attempts=whole("MAX_ATTEMPTS", minimum=1, maximum=100),

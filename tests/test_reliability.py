@@ -208,3 +208,59 @@ def test_start_logs_transport_region_and_endpoint(tmp_path: Path, standin: Stand
         assert start["credentials"] == "env"
     finally:
         service.kill()
+
+
+def test_an_endpoint_without_send_bulk_email_still_sends_everyone_once(
+        tmp_path: Path, standin: Standin) -> None:
+    standin.configure(bulk_unsupported=True)  # SendBulkEmail answers 404 with an HTML page
+    service = Service(tmp_path, {**standin.env(), "EMAIL_RATE": "0"}).start()
+    try:
+        emails = [f"n{i}@example.com" for i in range(120)]
+        status, _ = service.request("POST", "/v1/messages", {"messages": [
+            {"topicId": "news", "emails": emails, "subject": "S", "content": "<p>c</p>"}]})
+        assert status == 200
+        assert service.wait_terminal(120, timeout=60) == {2: 120}
+        per_request = sends(standin)
+        assert len(per_request) == 120 and set(per_request.values()) == {1}
+        assert not any(s["bulk"] for s in standin.log()["sends"])
+        with service.db() as db:
+            assert db.execute("SELECT MAX(attempts) FROM requests").fetchone()[0] == 1
+        warnings = [e for e in service.log_events()
+                    if "does not implement SendBulkEmail" in str(e.get("event"))]
+        assert len(warnings) == 1 and "<" not in warnings[0]["error"]
+    finally:
+        service.kill()
+
+
+def test_an_unverified_from_holds_its_mail_says_why_and_resumes_when_fixed(
+        tmp_path: Path, standin: Standin) -> None:
+    standin.configure(unverified_senders="^sender@example.com$")
+    service = Service(tmp_path, {**standin.env(), "EMAIL_RATE": "0",
+                                 "SES_HOLD_PROBE": "1"}).start()
+    try:
+        status, _ = service.request("POST", "/v1/messages", {"messages": [
+            {"topicId": "held", "emails": [f"h{i}@example.com" for i in range(30)],
+             "subject": "S", "content": "<p>c</p>"}]})
+        assert status == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status, health = service.request("GET", "/health")
+            if health.get("status") == "degraded":
+                break
+            time.sleep(0.1)
+        assert status == 200 and health["sending"]["state"] == "held", health
+        assert "sender@example.com" in health["sending"]["reason"]
+        time.sleep(2.5)  # a few probes go, and fail the same way
+        statuses = service.statuses()
+        assert 3 not in statuses and 2 not in statuses, statuses  # nothing failed, none sent
+        with service.db() as db:
+            assert db.execute("SELECT MAX(attempts) FROM requests").fetchone()[0] == 0
+        standin.configure(unverified_senders=None)  # the operator verifies the identity
+        assert service.wait_terminal(30, timeout=30) == {2: 30}
+        assert service.request("GET", "/health")[1]["status"] == "ok"
+        assert len(sends(standin)) == 30
+        events = [e.get("event") for e in service.log_events()]
+        assert events.count("the From identity is not verified in SES; holding its mail") == 1
+        assert "hold lifted: sending again" in events
+    finally:
+        service.kill()

@@ -133,7 +133,8 @@ class Sender:
         self.semaphore = asyncio.Semaphore(settings.max_concurrent)
         self.backoff = Backoff(settings.max_attempts)
         self.breaker = Breaker(clock)
-        self.holds = Holds(clock)
+        self.holds = Holds(clock, account_probe=settings.ses_hold_probe,
+                           identity_probe=settings.ses_hold_probe)
         self.ledger = Ledger(db)
         self.waiting = Waiting()
         self.composer = Composer(settings, tracking_key)

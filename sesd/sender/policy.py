@@ -22,8 +22,9 @@ BACKOFF_CAP = 30.0
 # one call at a time instead of burning every job's attempts in a retry storm.
 CIRCUIT_THRESHOLD = 5
 CIRCUIT_CAP = 30.0
-ACCOUNT_PROBE = 60.0  # sending paused by AWS: how often one message tries again
-IDENTITY_PROBE = 30.0  # an unverified From identity: how often one of its messages tries again
+# Defaults of how often a hold lets one message try again (SES_HOLD_PROBE sets both).
+ACCOUNT_PROBE = 30.0  # sending paused by AWS, credentials refused
+IDENTITY_PROBE = 30.0  # an unverified From identity
 
 
 class Backoff:

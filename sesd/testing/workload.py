@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 REJECT_PREFIX = "reject-"  # the stand-in is configured to reject these recipients
+# Suppressed before the workload starts; posts then use other spellings of them (case, Punycode
+# or Unicode domain, NFD), which must all end stopped and never reach SES.
+SUPPRESSED = ("ann@bücher.de", "bob@example.com", "lea@münchen.example", "Tom@Example.org")
 
 
 class ServiceLike(Protocol):
@@ -44,6 +47,7 @@ class Shape:
     schedule_share: float = 0.2  # scheduled 0.5-3 s ahead
     stop_share: float = 0.15  # after a POST, stop an earlier topic (each topic at most once)
     reject_share: float = 0.03  # a recipient the stand-in rejects
+    spelling_share: float = 0.15  # a post that includes a spelling of a suppressed address
     max_burst: int = 40
     max_recipients: int = 150
     pause: float = 0.05  # seconds between posts (mean)
@@ -59,6 +63,7 @@ class Report:
     statuses: dict[int, int] = field(default_factory=dict)
     sends: int = 0
     duplicates: int = 0
+    spellings: int = 0  # recipients that were spellings of a suppressed mailbox
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -82,6 +87,7 @@ class Workload:
         self.topics: list[str] = []
         self.stopped: dict[str, int] = {}  # topic -> count the DELETE answered
         self.scheduled: dict[str, float] = {}  # address -> scheduled epoch seconds
+        self.spellings: set[str] = set()  # addresses posted that name a suppressed mailbox
 
     # -- generating ---------------------------------------------------------------------------
 
@@ -89,6 +95,21 @@ class Workload:
         self._n += 1
         prefix = REJECT_PREFIX if self.rng.random() < self.shape.reject_share else "r"
         return f"{prefix}{self.report.seed}-{self._n}@example.com"
+
+    def _spelling(self) -> str:
+        """Another spelling of a suppressed mailbox, as a client might type it."""
+        import unicodedata
+
+        local, _, domain = self.rng.choice(SUPPRESSED).partition("@")
+        form = self.rng.randrange(4)
+        if form == 0:
+            domain = domain.upper()
+        elif form == 1:
+            domain = domain.encode("idna").decode() if not domain.isascii() else domain.title()
+        elif form == 2:
+            domain = unicodedata.normalize("NFD", domain)
+        local = "".join(c.upper() if self.rng.random() < 0.5 else c for c in local)
+        return f"{local}@{domain}"
 
     def _content(self, i: int) -> str:
         text = f"<p>Message {i} for you: {self.rng.getrandbits(48):x}</p>"
@@ -98,6 +119,7 @@ class Workload:
 
     def _messages(self, topic: str) -> list[dict[str, Any]]:
         rng, shape = self.rng, self.shape
+        messages: list[dict[str, Any]]
         at: float | None = None
         if rng.random() < shape.schedule_share:
             at = time.time() + rng.uniform(0.5, 3.0)
@@ -110,6 +132,11 @@ class Workload:
             emails = [self._address() for _ in range(rng.randint(1, shape.max_recipients))]
             messages = [{"topicId": topic, "emails": emails, "subject": "News",
                          "content": self._content(self._n)}]
+        if rng.random() < shape.spelling_share:
+            spelling = self._spelling()
+            if all(spelling not in m["emails"] for m in messages):
+                messages[-1]["emails"].append(spelling)
+                self.report.spellings += 1
         if at is not None:
             for m in messages:
                 m["scheduledAt"] = _rfc3339(at)
@@ -117,8 +144,20 @@ class Workload:
                     self.scheduled[address] = at
         return messages
 
+    def suppress(self) -> None:
+        """Put the suppressed mailboxes on the list, through the API as an operator would."""
+        from urllib.parse import quote
+
+        for address in SUPPRESSED:
+            status, _ = self.service.request("PUT", f"/v1/suppressions/{quote(address)}",
+                                             {"reason": "workload"})
+            if status != 200:
+                self.report.violations.append(f"PUT suppression {address} answered {status}")
+
     def run(self, *, settle_timeout: float = 120.0) -> Report:
         shape = self.shape
+        if shape.spelling_share:
+            self.suppress()
         for index in range(shape.posts):
             topic = f"w{self.report.seed}-{index}"
             messages = self._messages(topic)
@@ -149,6 +188,12 @@ class Workload:
         return self.report
 
     # -- checking -----------------------------------------------------------------------------
+
+    def _is_spelling(self, email: str) -> bool:
+        from ..addresses import suppression_key
+
+        keys = {suppression_key(a) for a in SUPPRESSED}
+        return suppression_key(email) in keys
 
     def _rows(self) -> list[tuple[int, str, str, int, str | None]]:
         with self.service.db() as db:
@@ -186,13 +231,19 @@ class Workload:
         if stopped_rows & set(per_request):
             report.violations.append(f"{len(stopped_rows & set(per_request))} stopped requests "
                                      "reached SES")
-        by_topic = Counter(r[1] for r in rows if r[3] == 4)
+        by_topic = Counter(r[1] for r in rows if r[3] == 4 and r[4] == "topic stopped")
         for topic, answered in self.stopped.items():
             if by_topic.get(topic, 0) != answered:
                 report.violations.append(f"DELETE {topic} answered {answered}, "
-                                         f"{by_topic.get(topic, 0)} ended stopped")
+                                         f"{by_topic.get(topic, 0)} ended stopped by it")
         for topic in set(by_topic) - set(self.stopped):
             report.violations.append(f"{by_topic[topic]} requests of {topic} stopped unasked")
+        for row in rows:
+            spelling = self._is_spelling(row[2])
+            if spelling and (row[3] != 4 or row[0] in per_request):
+                report.violations.append(f"suppressed {row[2]} ended {row[3]} ({row[4]})")
+            if row[3] == 4 and not spelling and row[4] != "topic stopped":
+                report.violations.append(f"request {row[0]} ({row[2]}) stopped: {row[4]}")
         for row in rows:
             if row[3] == 3 and not (row[2].startswith(REJECT_PREFIX) and (row[4] or "")
                                     .startswith(("MessageRejected", "MESSAGE_REJECTED"))):
