@@ -866,8 +866,11 @@ class Store:
         """Add (key, scope, email, reason) rows, keys made by addresses.suppression_key, in one
         transaction, and stop what the sender holds that the list now refuses."""
         at = now_ms()
+        # In primary-key order, the B-tree takes them as appends rather than random inserts; a
+        # stable sort, so the first of a repeated (key, scope) still comes first.
+        ordered = sorted(rows, key=lambda row: (row[0], row[1]))
         with self._write() as cur:
-            cur.execute(self.IMPORT, (orjson.dumps(rows), at))
+            cur.execute(self.IMPORT, (orjson.dumps(ordered), at))
             added = self.db.changes()
             stopped = [row[0] for row in cur.execute(self.STOP_HELD_REFUSED, (at,))]
             self.emit_events(cur, events.SUPPRESSED, stopped, at=at)
