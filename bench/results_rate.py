@@ -231,8 +231,9 @@ def main() -> int:
     for kind, label, ok_status, stored_n, expect in (
             ("sns", "SNS Delivery notifications", "200", stored.get("Delivery", 0),
              runs[0]["sns"]["n"] * args.runs),
-            ("opens", "open pixel GETs", "200", stored.get("Open", 0), runs[0]["opens"]["n"]
-             * args.runs),
+            # One Open row per request, however often its pixel is loaded.
+            ("opens", "open pixel GETs", "200", stored.get("Open", 0),
+             min(args.requests, runs[0]["opens"]["n"])),
             ("first_clicks", "first clicks (a row each)", "302",
              sum(r["click_rows"] for r in runs), pairs),
             ("click_replays", "click replays (counted)", "302", hits, 2 * pairs)):
@@ -251,7 +252,12 @@ def main() -> int:
           f"{FAR_FUTURE}; clicks on {args.click_requests} x {args.links} links per run; "
           f"medians over {args.runs} run(s). Click replays: stored = Click hits in all.\n"
           f"results: {path}")
-    ok = all(r["non_ok"] == 0 and r["stored"] == r["expected"] for r in rows) and not wrong
+    # Replays are counted in a bounded memory: a count past its bound is dropped by design,
+    # so their hits may fall short of every click, never exceed it nor the rows' own.
+    exact = [r for r in rows if r["test"] != "click replays (counted)"]
+    ok = (all(r["non_ok"] == 0 for r in rows) and not wrong
+          and all(r["stored"] == r["expected"] for r in exact)
+          and pairs <= rows[-1]["stored"] <= rows[-1]["expected"])
     print("verdict:", "ok" if ok else f"FAIL (error answers, stored != expected, or wrong "
                                       f"redirects: {wrong[:3]})")
     return 0 if ok else 1

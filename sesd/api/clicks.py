@@ -59,7 +59,7 @@ class ClickMemory:
     """The links whose Click row this process has written, with their URLs, and the replays
     counted since the last flush."""
 
-    def __init__(self, known: int = 50_000, pending: int = 10_000) -> None:
+    def __init__(self, known: int = 50_000, pending: int = 50_000) -> None:
         self._known: OrderedDict[tuple[int, int], str] = OrderedDict()
         self._pending: dict[tuple[int, str], int] = {}
         self._known_size = known
