@@ -61,7 +61,12 @@ async def click(request: web.Request) -> web.Response:
     request_id, link = found
     state = request.app[CLICKS]
     url = state.memory.url(request_id, link)
-    if url is not None:
+    if request.method == "HEAD":
+        # Link checkers and scanners ask with HEAD: answer where it goes, record no click.
+        if url is None:
+            db = request.app[DB]
+            url = await db.run(db.store.click_url, request_id, link)
+    elif url is not None:
         state.memory.count(request_id, url)
     else:
         url = await _record(request, state, Click(request_id, link,

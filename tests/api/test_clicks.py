@@ -183,3 +183,20 @@ async def test_a_click_with_a_body_over_the_public_cap_is_413(env: Env) -> None:
                                 allow_redirects=False)
     await assert_error(resp, 413, "GET", path)
     assert env.counts()["results"] == 0
+
+
+async def test_head_says_where_the_link_goes_and_records_nothing(env: Env) -> None:
+    (rid,) = await clicked(env, ["a@example.com"])
+    path = click_path(key_of(env), rid, 1)
+    for _ in range(2):
+        resp = await env.client.head(path, allow_redirects=False)
+        assert resp.status == 302 and resp.headers["Location"] == LINKS[1]
+    assert env.counts()["results"] == 0
+    resp = await env.client.head(f"{tracking.CLICK_PATH}/{rid}.1.{'A' * 22}",
+                                 allow_redirects=False)
+    assert resp.status == 404
+    assert (await env.client.get(path, allow_redirects=False)).status == 302
+    assert (await env.client.head(path, allow_redirects=False)).status == 302  # from memory
+    app = env.client.app
+    assert app is not None and app[CLICKS].memory.drain() == {}
+    assert env.rows("SELECT link, hits FROM results") == [(LINKS[1], 1)]
