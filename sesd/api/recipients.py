@@ -71,8 +71,8 @@ async def click(request: web.Request) -> web.Response:
     else:
         url = await _record(request, state, Click(request_id, link,
                                                   user_agent(request.headers.get("User-Agent"))))
-        if url is None:
-            raise ApiError(404, "no such link")
+    if url is None:  # no such request, or no such link in its message
+        raise ApiError(404, "no such link")
     return web.Response(status=302, headers={**REDIRECT_HEADERS, "Location": location(url)})
 
 
