@@ -15,8 +15,7 @@ CLICKED = "message.clicked"
 UNSUBSCRIBED = "message.unsubscribed"
 SUPPRESSED = "message.suppressed"
 
-# Every type an endpoint may ask for. clicked and unsubscribed have no route yet: accepted in
-# filters now, so endpoints registered today receive them once they exist.
+# Every type an endpoint may ask for.
 EVENT_TYPES: tuple[str, ...] = (SENT, FAILED, DELIVERED, DELIVERY_DELAYED, BOUNCED, COMPLAINED,
                                 REJECTED, OPENED, CLICKED, UNSUBSCRIBED, SUPPRESSED)
 

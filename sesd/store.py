@@ -22,6 +22,8 @@ from .errors import StorageFullError
 from .messages import DEFAULT_LIST, Content
 
 CREATED, PROCESSING, SENT, FAILED, STOPPED = 0, 1, 2, 3, 4
+ALL_SCOPE = "all"  # a suppression of every mail, as opposed to one list's bulk mail
+UNSUBSCRIBE_REASON = "unsubscribe"
 # The claim takes transactional requests first (lower goes first), then bulk.
 TRANSACTIONAL_PRIORITY, BULK_PRIORITY = 0, 1
 PRIORITIES = (TRANSACTIONAL_PRIORITY, BULK_PRIORITY)
@@ -232,6 +234,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     -- The deliveries route: one endpoint's rows of one status, in id order.
     CREATE INDEX deliveries_list ON deliveries (webhook_id, status);
     """,
+    # v7: one scope's suppressions (GET /v1/suppressions?scope=) in key order by an index, not a
+    # walk over every other scope's rows.
+    "CREATE INDEX suppressions_scope ON suppressions (scope, key);",
 )
 
 
@@ -289,6 +294,33 @@ class Released:
 
     released: int  # put back to created
     failed: int  # failed: held at too many sender crashes
+
+
+class Click(NamedTuple):
+    """A genuine click link was followed: link number `link` of request `request_id`."""
+
+    request_id: int
+    link: int
+    user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed:
+    """What a one-click unsubscribe did."""
+
+    email: str
+    list_id: str
+    recorded: bool  # this request's Unsubscribe result is new (not a repeat)
+    stopped: int  # requests the sender held for the address and list, stopped
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """What a suppression import did."""
+
+    rows: int  # rows given
+    added: int  # new (key, scope) entries; the others were suppressed already and stay as they are
+    stopped: int  # held requests the list now refuses, stopped
 
 
 class Store:
@@ -362,6 +394,10 @@ class Store:
     def _scalar_int(self, sql: str, bindings: Sequence[Any] = ()) -> int:
         row = self.db.execute(sql, bindings).fetchone()
         return int(row[0]) if row is not None and row[0] is not None else 0
+
+    def _scalar_text(self, sql: str, bindings: Sequence[Any] = ()) -> str:
+        row = self.db.execute(sql, bindings).fetchone()
+        return str(row[0]) if row is not None and row[0] is not None else ""
 
     def query_plan(self, sql: str, bindings: Sequence[Any] = ()) -> list[str]:
         """EXPLAIN QUERY PLAN details, for tests that keep the hot queries on their indexes."""
@@ -465,15 +501,16 @@ class Store:
     # key of a canonical address (addresses.key_of_canonical): intake stores only canonical ones
     # and the v4 migration rewrote those still waiting. Each lookup is one search of the
     # (key, scope) primary key, with no per-row Python.
-    _RETURNING = """
-        RETURNING id, email, content_id, data, COALESCE(
+    _REFUSAL = """COALESCE(
             (SELECT reason FROM suppressions
              WHERE key = lower(requests.email) AND scope = 'all'),
             CASE WHEN requests.priority = 1 THEN
                 (SELECT reason || ' (list ' || scope || ')' FROM suppressions
                  WHERE key = lower(requests.email)
                    AND scope = (SELECT list_id FROM contents WHERE id = requests.content_id))
-            END)
+            END)"""
+    _RETURNING = f"""
+        RETURNING id, email, content_id, data, {_REFUSAL}
     """
     CLAIM = """
         UPDATE requests SET status = 1, updated_at = ?1
@@ -714,8 +751,9 @@ class Store:
 
     # -- suppression list ---------------------------------------------------------------------
     # Every statement goes through addresses.suppression_key: no spelling of an address (case,
-    # Unicode or Punycode domain, NFC or NFD) reaches another row. Everything written here has
-    # scope 'all'; the address is kept as first given, for display.
+    # Unicode or Punycode domain, NFC or NFD) reaches another row. A scope is 'all' (bounces,
+    # complaints, manual entries: no mail at all) or a list id (unsubscribes: no bulk mail of
+    # that list). The address is kept as first given, for display.
 
     SUPPRESS = """
         INSERT INTO suppressions (key, scope, email, reason, event, created_at)
@@ -723,47 +761,218 @@ class Store:
         ON CONFLICT (key, scope) DO UPDATE SET
             reason = excluded.reason, event = excluded.event, created_at = excluded.created_at
     """
+    SUPPRESS_IN = """
+        INSERT INTO suppressions (key, scope, email, reason, event, created_at)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        ON CONFLICT (key, scope) DO UPDATE SET
+            reason = excluded.reason, event = excluded.event, created_at = excluded.created_at
+    """
+    SUPPRESSION_COLUMNS = "key, scope, email, reason, event, created_at"
+    # An unsubscribe keeps an entry that exists (its first time and reason).
+    SUPPRESS_KEEP = f"""
+        INSERT INTO suppressions ({SUPPRESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
+        ON CONFLICT (key, scope) DO NOTHING
+    """
+    # Keyset pages: after (key, scope) in primary-key order, or within one scope by its index.
+    SUPPRESSION_PAGE = f"""
+        SELECT {SUPPRESSION_COLUMNS} FROM suppressions
+        WHERE (key, scope) > (?1, ?2) ORDER BY key, scope LIMIT ?3
+    """
+    SCOPE_PAGE = f"""
+        SELECT {SUPPRESSION_COLUMNS} FROM suppressions
+        WHERE scope = ?4 AND (key, scope) > (?1, ?2) ORDER BY scope, key LIMIT ?3
+    """
 
-    def list_suppressions(self, *, limit: int = 100, after: str = ""
-                          ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page in key order, and the cursor for the next (None on the last page)."""
-        rows = self.db.execute("SELECT key, email, reason, event, created_at FROM suppressions "
-                               "WHERE key > ? ORDER BY key, scope LIMIT ?", (after, limit)
-                               ).fetchall()
-        page = [{"email": e, "reason": r, "event": ev, "createdAt": c} for _, e, r, ev, c in rows]
-        return page, (str(rows[-1][0]) if len(rows) == limit else None)
+    def list_suppressions(self, *, limit: int = 100, after: tuple[str, str] | None = None,
+                          scope: str | None = None
+                          ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+        """One page in (key, scope) order after the cursor `after`, of one scope or all, and
+        the cursor of the next page (None on the last)."""
+        key, after_scope = after or ("", "")
+        if scope is None:
+            rows = self.db.execute(self.SUPPRESSION_PAGE, (key, after_scope, limit)).fetchall()
+        else:
+            rows = self.db.execute(self.SCOPE_PAGE, (key, after_scope, limit, scope)).fetchall()
+        page = [{"email": e, "scope": sc, "reason": r, "event": ev, "createdAt": c}
+                for _, sc, e, r, ev, c in rows]
+        cursor = (str(rows[-1][0]), str(rows[-1][1])) if len(rows) == limit else None
+        return page, cursor
 
-    def is_suppressed(self, email: str) -> bool:
-        return self.db.execute("SELECT 1 FROM suppressions WHERE key = ? AND scope = 'all'",
-                               (suppression_key(email),)).fetchone() is not None
+    def is_suppressed(self, email: str, scope: str = ALL_SCOPE) -> bool:
+        return self.db.execute("SELECT 1 FROM suppressions WHERE key = ? AND scope = ?",
+                               (suppression_key(email), scope)).fetchone() is not None
 
-    def add_suppression(self, email: str, reason: str, event: str | None = None) -> None:
+    def add_suppression(self, email: str, reason: str, event: str | None = None, *,
+                        scope: str = ALL_SCOPE) -> None:
         with self._write() as cur:
-            cur.execute(self.SUPPRESS, (suppression_key(email), email, reason, event, now_ms()))
+            cur.execute(self.SUPPRESS_IN, (suppression_key(email), scope, email, reason, event,
+                                           now_ms()))
 
     # Not a request whose call has started (sending_at): SES has it, it ends as SES answers.
     STOP_HELD = ("UPDATE requests SET status = 4, error = ?, updated_at = ? "
                  "WHERE status = 1 AND sending_at IS NULL AND lower(email) = ? RETURNING id")
+    # ...and for a list: bulk requests only, of a content of that list.
+    STOP_HELD_LIST = """
+        UPDATE requests SET status = 4, error = ?1, updated_at = ?2
+        WHERE status = 1 AND priority = 1 AND sending_at IS NULL AND lower(email) = ?3
+          AND (SELECT list_id FROM contents WHERE id = requests.content_id) = ?4
+        RETURNING id
+    """
+    # ...and every held request the list now refuses, as the claim would (after an import).
+    STOP_HELD_REFUSED = f"""
+        UPDATE requests SET status = 4, error = 'suppressed: ' || {_REFUSAL}, updated_at = ?1
+        WHERE status = 1 AND sending_at IS NULL AND {_REFUSAL} IS NOT NULL
+        RETURNING id
+    """
 
-    def stop_suppressed_held(self, suppress: Sequence[tuple[str, str]]) -> int:
+    def stop_suppressed_held(self, suppress: Sequence[tuple[str, str]], *,
+                             scope: str = ALL_SCOPE) -> int:
         """Stop processing (claimed, unsent) requests to newly suppressed addresses, with the
-        reason; the claim already refuses created ones. Walks the status index: only the few
-        rows the sender holds are read, compared by key as the claim does. Returns how many
-        were stopped."""
+        reason; the claim already refuses created ones. For a list `scope`, only bulk requests
+        of that list. Walks the status index: only the few rows the sender holds are read,
+        compared by key as the claim does. Returns how many were stopped."""
         at = now_ms()
         with self._write() as cur:
-            rows = cur.executemany(self.STOP_HELD, [(f"suppressed: {reason}", at,
-                                                     suppression_key(email))
-                                                    for email, reason in suppress])
+            if scope == ALL_SCOPE:
+                rows = cur.executemany(self.STOP_HELD, [(f"suppressed: {reason}", at,
+                                                         suppression_key(email))
+                                                        for email, reason in suppress])
+            else:
+                rows = cur.executemany(self.STOP_HELD_LIST, [
+                    (f"suppressed: {reason} (list {scope})", at, suppression_key(email), scope)
+                    for email, reason in suppress])
             stopped = [row[0] for row in rows]
             self.emit_events(cur, events.SUPPRESSED, stopped, at=at)
             return len(stopped)
 
-    def remove_suppression(self, email: str) -> bool:
+    def remove_suppression(self, email: str, scope: str = ALL_SCOPE) -> bool:
         with self._write() as cur:
-            cur.execute("DELETE FROM suppressions WHERE key = ? AND scope = 'all'",
-                        (suppression_key(email),))
+            cur.execute("DELETE FROM suppressions WHERE key = ? AND scope = ?",
+                        (suppression_key(email), scope))
             return self.db.changes() > 0
+
+    # Set-based: the rows go in as one JSON array of [key, scope, email, reason], expanded by
+    # SQLite. An entry that exists already keeps its reason and time (a bounce says more than a
+    # re-imported list); within the import, the first row of a (key, scope) wins. `WHERE true`:
+    # SQLite's upsert needs it after a SELECT (else ON reads as a join's).
+    IMPORT = f"""
+        INSERT INTO suppressions ({SUPPRESSION_COLUMNS})
+        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, NULL, ?2
+        FROM json_each(?1) WHERE true
+        ON CONFLICT (key, scope) DO NOTHING
+    """
+
+    def import_suppressions(self, rows: Sequence[tuple[str, str, str, str]]) -> Imported:
+        """Add (key, scope, email, reason) rows, keys made by addresses.suppression_key, in one
+        transaction, and stop what the sender holds that the list now refuses."""
+        at = now_ms()
+        # In primary-key order, the B-tree takes them as appends rather than random inserts; a
+        # stable sort, so the first of a repeated (key, scope) still comes first.
+        ordered = sorted(rows, key=lambda row: (row[0], row[1]))
+        with self._write() as cur:
+            cur.execute(self.IMPORT, (orjson.dumps(ordered), at))
+            added = self.db.changes()
+            stopped = [row[0] for row in cur.execute(self.STOP_HELD_REFUSED, (at,))]
+            self.emit_events(cur, events.SUPPRESSED, stopped, at=at)
+        return Imported(len(rows), added, len(stopped))
+
+    # -- the recipients' routes: clicks and unsubscribes ----------------------------------------
+
+    # The URL of link number ?2 of the request's content, as stored at intake; JSON path in C.
+    CLICK_LINK = """
+        SELECT CAST(contents.options AS TEXT) ->> ('$.links[' || ?2 || ']')
+        FROM requests JOIN contents ON contents.id = requests.content_id WHERE requests.id = ?1
+    """
+    CLICK = """
+        INSERT INTO results (request_id, status, link, user_agent, created_at)
+        VALUES (?1, 'Click', ?2, ?3, ?4)
+        ON CONFLICT (request_id, link) WHERE status = 'Click' DO UPDATE SET hits = hits + 1
+        RETURNING id, hits
+    """
+
+    def record_clicks(self, clicks: Sequence[Click]) -> list[str | None]:
+        """Each click's URL (None: no such request, or no such link in its message), in one
+        transaction for the whole batch: the (request, link)'s one Click row, or one more hit
+        on it. Only a first click is a `message.clicked` event."""
+        at = now_ms()
+        urls: list[str | None] = []
+        with self._write() as cur:
+            hooked = self._has_webhooks(cur)
+            for click in clicks:
+                url = self.click_url(click.request_id, click.link)
+                urls.append(url)
+                if url is None:
+                    continue
+                written: Any = cur.execute(self.CLICK, (click.request_id, url,
+                                                        click.user_agent, at)).fetchone()
+                result_id, hits = written
+                if hooked and hits == 1:
+                    self._emit(cur, events.CLICKED, [click.request_id], at=at,
+                               result_id=result_id, detail={"link": url})
+        return urls
+
+    def click_url(self, request_id: int, link: int) -> str | None:
+        """The URL of link number `link` of the request's message, reading only."""
+        row = self.db.execute(self.CLICK_LINK, (request_id, link)).fetchone()
+        return row[0] if row is not None and isinstance(row[0], str) else None
+
+    def add_click_hits(self, hits: Mapping[tuple[int, str], int]) -> None:
+        """Later clicks counted in memory, added to each (request, URL)'s Click row at once."""
+        with self._write() as cur:
+            cur.executemany("UPDATE results SET hits = hits + ? WHERE request_id = ? "
+                            "AND link = ? AND status = 'Click'",
+                            [(n, rid, url) for (rid, url), n in hits.items()])
+
+    def click_hits(self, request_id: int, url: str) -> int:
+        """How often the request's link to `url` was followed (0: never)."""
+        return self._scalar_int("SELECT hits FROM results WHERE request_id = ? AND link = ? "
+                                "AND status = 'Click'", (request_id, url))
+
+    # Transactional requests have no unsubscribe link: their ids name nothing here.
+    UNSUBSCRIBE_TARGET = """
+        SELECT requests.email, contents.list_id
+        FROM requests JOIN contents ON contents.id = requests.content_id
+        WHERE requests.id = ? AND requests.priority = 1
+    """
+
+    def unsubscribe_target(self, request_id: int) -> tuple[str, str, bool] | None:
+        """(address, list, already unsubscribed) of a bulk request; None if there is none."""
+        row = self.db.execute(self.UNSUBSCRIBE_TARGET, (request_id,)).fetchone()
+        if row is None:
+            return None
+        email, list_id = str(row[0]), str(row[1])
+        return email, list_id, self.is_suppressed(email, list_id)
+
+    UNSUBSCRIBE = """
+        INSERT INTO results (request_id, status, created_at) VALUES (?, 'Unsubscribe', ?)
+        ON CONFLICT (request_id) WHERE status = 'Unsubscribe' DO NOTHING
+        RETURNING id
+    """
+
+    def unsubscribe(self, request_id: int) -> Unsubscribed | None:
+        """The one-click unsubscribe of a bulk request's recipient from its list, in one
+        transaction: the suppression (scope: the list, reason `unsubscribe`; one that exists
+        stays as it is), the request's one Unsubscribe result and its `message.unsubscribed`
+        event, and the stop of what the sender holds for that address and list. Idempotent.
+        None if there is no such bulk request."""
+        at = now_ms()
+        with self._write() as cur:
+            row = cur.execute(self.UNSUBSCRIBE_TARGET, (request_id,)).fetchone()
+            if row is None:
+                return None
+            email, list_id = str(row[0]), str(row[1])
+            key = suppression_key(email)
+            cur.execute(self.SUPPRESS_KEEP, (key, list_id, email, UNSUBSCRIBE_REASON, at))
+            reason = self._scalar_text("SELECT reason FROM suppressions WHERE key = ? AND "
+                                       "scope = ?", (key, list_id))
+            result = cur.execute(self.UNSUBSCRIBE, (request_id, at)).fetchone()
+            if result is not None:
+                self.emit_events(cur, events.UNSUBSCRIBED, [request_id], at=at,
+                                 result_id=result[0])
+            stopped = [r[0] for r in cur.execute(self.STOP_HELD_LIST, (
+                f"suppressed: {reason} (list {list_id})", at, key, list_id))]
+            self.emit_events(cur, events.SUPPRESSED, stopped, at=at)
+        return Unsubscribed(email, list_id, result is not None, len(stopped))
 
     # -- stats --------------------------------------------------------------------------------
 
@@ -773,6 +982,15 @@ class Store:
         FROM requests JOIN results ON results.request_id = requests.id
         WHERE requests.topic_id = ? GROUP BY results.status
     """
+    # sesd's clicks have one row per (request, link), so COUNT(*) counts distinct requests per
+    # link. SES's own Click events (SES click tracking, if a configuration set has it) have no
+    # `link`: they count in the statuses only.
+    TOPIC_CLICKS = """
+        SELECT results.link, COUNT(*)
+        FROM requests JOIN results ON results.request_id = requests.id
+        WHERE requests.topic_id = ? AND results.status = 'Click' AND results.link IS NOT NULL
+        GROUP BY results.link
+    """
     SENT_SINCE = "SELECT COUNT(*) FROM requests WHERE sent_at >= ?"
 
     def topic_stats(self, topic_id: str) -> dict[str, Any]:
@@ -780,8 +998,10 @@ class Store:
         for status, n in self.db.execute(self.TOPIC_REQUESTS, (topic_id,)):
             counts[STATUS_NAMES[status]] = n
         statuses = {status: n for status, n in self.db.execute(self.TOPIC_RESULTS, (topic_id,))}
+        clicks = ({url: n for url, n in self.db.execute(self.TOPIC_CLICKS, (topic_id,))}
+                  if "Click" in statuses else {})
         return {"request": {"total": sum(counts.values()), **counts},
-                "result": {"statuses": statuses}}
+                "result": {"statuses": statuses, "clicks": clicks}}
 
     TOPIC_PAGE = """
         SELECT id, email, status, error, attempts, message_id, created_at, updated_at
@@ -990,11 +1210,15 @@ class Store:
                                     (cursor, upto))
         return seen, made
 
+    # The message's stream and tags: only what differs from the defaults is in `options`.
     DUE = """
         SELECT d.id, d.event_id, d.attempts, d.first_at, e.type, e.created_at, e.request_id,
-               e.detail, r.topic_id, r.email, r.message_id, r.error, res.status, res.raw
+               e.detail, r.topic_id, r.email, r.message_id, r.error, res.status, res.raw,
+               c.list_id, CAST(c.options AS TEXT) ->> '$.stream',
+               CAST(c.options AS TEXT) -> '$.tags'
         FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
         LEFT JOIN requests AS r ON r.id = e.request_id
+        LEFT JOIN contents AS c ON c.id = r.content_id
         LEFT JOIN results AS res ON res.id = e.result_id
         WHERE d.webhook_id = ? AND d.status = 0 AND d.next_at <= ?
         ORDER BY d.next_at, d.id LIMIT ?
@@ -1080,6 +1304,9 @@ class DueDelivery(NamedTuple):
     error: str | None
     result_status: str | None  # the SES event type of the result the event came from
     result_raw: str | None  # and its full JSON
+    list_id: str | None = None  # the message's list; None: no request (or content) row
+    stream: str | None = None  # "transactional"; None: the default, bulk
+    tags: str | None = None  # JSON [[name, value], ...]; None: no tags
 
 
 class Attempt(NamedTuple):

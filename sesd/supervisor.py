@@ -201,14 +201,31 @@ class Supervisor:
         log.info("stopped", returned_to_created=released)
 
 
+def _command(args: list[str]) -> int:
+    """`python run.py <command>`: one-off tasks beside the service (it may be running)."""
+    if args[0] == "import-ses-suppressions":
+        from . import ses_suppressions
+
+        return ses_suppressions.main(args[1:])
+    _fail(f"unknown command {args[0][:60]!r}; commands: {', '.join(COMMANDS)} "
+          "(none: start the service)")
+    return RET_CONFIG
+
+
 def _fail(message: str, stream: TextIO = sys.stderr) -> None:
     print(f"sesd: {message}", file=stream, flush=True)
 
 
-def main() -> int:
+COMMANDS = ("import-ses-suppressions",)
+
+
+def main(argv: list[str] | None = None) -> int:
     # Before anything is created: the database (tracking key, every recipient), its WAL, the
     # lock and the outbox files are for this service's user alone, as are their folders.
     os.umask(0o077)
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        return _command(args)
     try:
         settings = config.load()
     except ConfigError as exc:

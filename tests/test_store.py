@@ -115,7 +115,7 @@ def test_results_are_stored_once_per_sns_message(store: Store) -> None:
     stats = store.topic_stats("t")
     assert stats == {"request": {"total": 1, "created": 0, "processing": 0, "sent": 1,
                                  "failed": 0, "stopped": 0},
-                     "result": {"statuses": {"Bounce": 1, "Open": 1}}}
+                     "result": {"statuses": {"Bounce": 1, "Open": 1}, "clicks": {}}}
     assert store.sent_since(now_ms() - 60_000) == 1
 
 

@@ -133,7 +133,9 @@ def test_every_store_path_uses_the_key(store: Store) -> None:
 def test_suppressions_page_in_key_order(store: Store) -> None:
     for email in ["b@example.com", "C@Example.com", "a@bücher.de", "Émile@example.com"]:
         store.add_suppression(email, "manual")
-    seen, after, pages = [], "", 0
+    seen: list[str] = []
+    after: tuple[str, str] | None = None
+    pages = 0
     while True:
         page, cursor = store.list_suppressions(limit=2, after=after)
         pages += 1

@@ -228,3 +228,15 @@ def test_detail_json_is_merged_and_bad_raw_is_tolerated() -> None:
                                     result_status="Bounce", result_raw="{not json"))
     assert data["link"] == "https://x.example/"
     assert "bounce" not in data
+
+
+def test_payload_carries_the_message_options() -> None:
+    bulk = payload.compose_data(due(events.OPENED, list_id="news",
+                                    tags='[["campaign","spring"]]'))
+    assert (bulk["stream"], bulk["list"], bulk["tags"]) == ("bulk", "news",
+                                                            {"campaign": "spring"})
+    receipt = payload.compose_data(due(events.SENT, list_id="default", stream="transactional"))
+    assert (receipt["stream"], receipt["list"], receipt["tags"]) == ("transactional", None, {})
+    # Tags not as stored (another release wrote them): the payload goes without them.
+    for raw in ("{not json", '{"a": "b"}', '[["only one"], 5]'):
+        assert payload.compose_data(due(events.SENT, list_id="x", tags=raw))["tags"] == {}

@@ -8,9 +8,8 @@ import functools
 import hashlib
 import importlib.resources
 import os
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import apsw
@@ -18,7 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from .. import addresses, sns, tracking
+from .. import sns, tracking
 from ..store import NewMessage, now_ms
 from . import options, schemas
 from .base import (
@@ -37,6 +36,8 @@ from .base import (
     read_capped,
     require_key,
 )
+from .recipients import RECIPIENT_ROUTES, add_recipient_routes
+from .suppressions import add_suppression_routes, stop_held
 from .webhooks import add_webhook_routes
 
 T = TypeVar("T")
@@ -289,67 +290,13 @@ async def _notification(request: web.Request, msg: dict[str, Any]) -> web.Respon
                               status=event.event_type, raw=event.raw,
                               sns_message_id=msg.get("MessageId"), suppress=event.suppress)
         if event.suppress:  # also on a repeat: the first delivery may have died before this
-            await _stop_held(request, event.suppress)
+            await stop_held(request, event.suppress)
     except Exception as exc:
         raise ApiError(503, f"could not store the event; retry later ({clip(exc)})") from None
     if event.suppress and stored:
         log.info("suppressed", addresses=[a for a, _ in event.suppress])
     return json_response({"status": "stored" if stored else "duplicate",
                           "requestId": request_id})
-
-
-async def _stop_held(request: web.Request, suppress: Sequence[tuple[str, str]]) -> None:
-    """Newly suppressed addresses: stop what the sender already holds for them, and tell it."""
-    db = request.app[DB]
-    if await db.run(db.store.stop_suppressed_held, suppress):
-        request.app[HOOKS].stopped()
-
-
-# -- suppressions -----------------------------------------------------------------------------
-
-async def list_suppressions(request: web.Request) -> web.Response:
-    require_key(request)
-    limit_raw = request.query.get("limit", "100")
-    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (a 500).
-    if not re.fullmatch(r"[0-9]{1,4}", limit_raw) or not 1 <= int(limit_raw) <= 1000:
-        raise ApiError(400, "limit must be a whole number from 1 to 1000")
-    limit = int(limit_raw)
-    db = request.app[DB]
-    rows, cursor = await db.run(db.store.list_suppressions, limit=limit,
-                                after=request.query.get("after", ""))
-    return json_response({"suppressions": rows, "next": cursor})
-
-
-async def put_suppression(request: web.Request) -> web.Response:
-    require_key(request)
-    email = request.match_info["email"].strip()
-    # Any syntactically valid address, sendable or not (a non-ASCII local part too): the store
-    # keys it with addresses.suppression_key, so every spelling of it is suppressed.
-    if not addresses.valid_syntax(email):
-        raise ApiError(400, f"{addresses.shown(email)} is not a valid e-mail address")
-    reason = "manual"
-    raw = await request.read()
-    if raw.strip():
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, f"invalid JSON: {exc}") from None
-        if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
-            raise ApiError(400, 'body must be {"reason": "..."}')
-        reason = body.get("reason", "").strip()[:500] or "manual"
-    db = request.app[DB]
-    await db.run(db.store.add_suppression, email, reason)
-    await _stop_held(request, [(email, reason)])
-    return json_response({"email": email, "reason": reason})
-
-
-async def delete_suppression(request: web.Request) -> web.Response:
-    require_key(request)
-    db = request.app[DB]
-    email = request.match_info["email"].strip()
-    if not await db.run(db.store.remove_suppression, email):  # any spelling of it
-        raise ApiError(404, f"{addresses.shown(email)} is not suppressed")
-    return json_response({"removed": True})
 
 
 # -- health and the API document --------------------------------------------------------------
@@ -380,7 +327,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 # Unauthenticated routes facing the internet: their bodies are capped at PUBLIC_BODY_LIMIT.
-PUBLIC_ROUTES = frozenset({tracking.OPEN_PATH, SNS_PATH})
+PUBLIC_ROUTES = frozenset({tracking.OPEN_PATH, SNS_PATH, *RECIPIENT_ROUTES})
 
 
 def add_routes(app: web.Application) -> None:
@@ -390,10 +337,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/topics/{topicId}/requests", topic_requests)
     app.router.add_get("/v1/events/counts/sent", counts_sent)
     app.router.add_get(tracking.OPEN_PATH, open_pixel)
+    add_recipient_routes(app)
     app.router.add_post(SNS_PATH, sns_results)
-    app.router.add_get("/v1/suppressions", list_suppressions)
-    app.router.add_put("/v1/suppressions/{email}", put_suppression)
-    app.router.add_delete("/v1/suppressions/{email}", delete_suppression)
+    add_suppression_routes(app)
     add_webhook_routes(app)
     app.router.add_get("/health", health)
     app.router.add_get("/openapi.json", openapi)

@@ -1,7 +1,7 @@
 """The JSON body of an event, composed at delivery time from the rows the store joins.
 
-`compose_data` is the one place that decides what `data` carries: per-message options stored on
-the contents row (stream, list, tags) are to be added there when they exist.
+`compose_data` is the one place that decides what `data` carries: the request, the message's
+options stored on its contents row (stream, list, tags), SES's own detail and the event's.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from .. import events
+from ..messages import BULK
 from ..store import DueDelivery
 
 # The SES event object each result type carries (SES's own field names), passed on as it is.
@@ -25,10 +26,15 @@ def timestamp(ms: int) -> str:
 
 
 def compose_data(d: DueDelivery) -> dict[str, Any]:
-    """`data` of one event. TODO(message options): add "stream", "list" and "tags" here from
-    the request's contents row (join it in Store.DUE) once they are stored."""
+    """`data` of one event. `list` is null for transactional mail (no list applies to it);
+    stream, list and tags are left out only when the request row itself is gone."""
     data: dict[str, Any] = {"requestId": d.request_id, "topicId": d.topic_id, "email": d.email,
                             "messageId": d.message_id}
+    if d.list_id is not None:
+        stream = d.stream or BULK
+        data["stream"] = stream
+        data["list"] = d.list_id if stream == BULK else None
+        data["tags"] = _tags(d.tags)
     if d.type in (events.FAILED, events.SUPPRESSED) and d.error:
         data["error"] = d.error
     if d.result_raw and d.result_status in SES_DETAIL:
@@ -38,6 +44,18 @@ def compose_data(d: DueDelivery) -> dict[str, Any]:
     if d.detail:
         data.update(orjson.loads(d.detail))
     return data
+
+
+def _tags(raw: str | None) -> dict[str, str]:
+    """The message's SES tags ([[name, value], ...] as stored) as an object."""
+    if not raw:
+        return {}
+    try:
+        pairs = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return {str(p[0]): str(p[1]) for p in pairs if isinstance(p, list) and len(p) == 2} \
+        if isinstance(pairs, list) else {}
 
 
 def _ses_detail(raw: str, key: str) -> Any:

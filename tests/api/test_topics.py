@@ -16,7 +16,7 @@ async def test_unknown_topic_answers_zeros(env: Env) -> None:
     assert await resp.json() == {
         "request": {"total": 0, "created": 0, "processing": 0, "sent": 0, "failed": 0,
                     "stopped": 0},
-        "result": {"statuses": {}},
+        "result": {"statuses": {}, "clicks": {}},
     }
 
 
@@ -36,7 +36,7 @@ async def test_topic_counts_and_stop(env: Env) -> None:
     assert await resp.json() == {
         "request": {"total": 7, "created": 2, "processing": 2, "sent": 1, "failed": 1,
                     "stopped": 1},
-        "result": {"statuses": {"Delivery": 1, "Open": 2, "Bounce": 1}},
+        "result": {"statuses": {"Delivery": 1, "Open": 2, "Bounce": 1}, "clicks": {}},
     }
 
     resp = await env.client.delete("/v1/topics/t1", headers=AUTH)
