@@ -693,8 +693,15 @@ class Store:
         already stored (SNS delivers at least once)."""
         at = now_ms()
         with self._write() as cur:
+            # SNS repeats a message: nothing. SES's own Open event (configuration-set event
+            # publishing) for a request whose pixel already opened it: one more hit on its one
+            # Open row (the row per request that bounds replays), never a constraint error
+            # that would answer 503 to SNS and have it retry the message for ever.
             cur.execute("INSERT INTO results (request_id, status, raw, sns_message_id, created_at) "
-                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sns_message_id) DO NOTHING",
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (sns_message_id) DO NOTHING "
+                        "ON CONFLICT (request_id) WHERE status = 'Open' "
+                        "DO UPDATE SET hits = hits + 1, sns_message_id = "
+                        "COALESCE(results.sns_message_id, excluded.sns_message_id)",
                         (request_id, status, raw, sns_message_id, at))
             if not self.db.changes():
                 return False

@@ -142,3 +142,15 @@ def test_a_previous_release_database_is_upgraded(tmp_path: Path) -> None:
     assert store.contents([1])[1].topic_id == "news"
     assert store.release_processing().released == 1
     assert len(store.claim_due(10).jobs) == 2
+
+
+def test_an_ses_open_event_after_a_pixel_open_adds_a_hit_not_an_error(store: Store) -> None:
+    [rid] = add(store, "t", 1)
+    assert store.record_open(rid)
+    assert store.record_result(request_id=rid, status="Open", raw="{}", sns_message_id="sns-o")
+    assert store.record_result(request_id=rid, status="Open", raw="{}",
+                               sns_message_id="sns-o") is False  # SNS's repeat: nothing
+    assert store.record_result(request_id=rid, status="Open", raw="{}", sns_message_id="sns-p")
+    rows = store.db.execute("SELECT COUNT(*), MAX(hits) FROM results WHERE status = 'Open'"
+                            ).fetchone()
+    assert rows == (1, 3)  # one row per request; the pixel and two SES events are its hits

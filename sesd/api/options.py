@@ -66,6 +66,10 @@ def list_id(msg: dict[str, Any], where: str) -> str:
     value = msg.get("list", DEFAULT_LIST)
     if not isinstance(value, str) or not LIST_ID.fullmatch(value):
         raise ValidationError(f"{where}.list must be 1 to 64 letters, digits, '.', '_' or '-'")
+    if value.lower() == "all":
+        # "all" is the suppression scope of every message: an unsubscribe from a list of that
+        # name would stop transactional mail too.
+        raise ValidationError(f"{where}.list must not be \"all\" (the scope of every list)")
     return value
 
 

@@ -65,6 +65,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "stream": ({"stream": "marketing"}, "messages[0].stream"),
     "list-chars": ({"list": "no spaces"}, "messages[0].list"),
     "list-long": ({"list": "x" * 65}, "messages[0].list"),
+    "list-all": ({"list": "All"}, 'must not be "all"'),
     "from-not-allowed": ({"from": "ceo@example.com"}, "is not an allowed sender"),
     "from-other-domain": ({"from": "a@other.example.com"}, "is not an allowed sender"),
     "from-garbage": ({"from": "not an address"}, "messages[0].from"),
