@@ -19,6 +19,7 @@ from pathlib import Path
 from common import write_results
 
 from sesd.store import NewMessage, Store, now_ms
+from sesd.testing import dbview
 
 
 def build(store: Store, rows: int, topics: int) -> None:
@@ -73,7 +74,7 @@ def main() -> int:
             "sent_1h_ms": timed(lambda: store.sent_since(now_ms() - 3_600_000), args.runs),
             "unknown_topic_ms": timed(lambda: store.topic_stats("nope"), args.runs),
         }
-        plans = {name: store.query_plan(sql, params) for name, sql, params in [
+        plans = {name: dbview.query_plan(store, sql, params) for name, sql, params in [
             ("topic requests", store.TOPIC_REQUESTS, (topic,)),
             ("topic results", store.TOPIC_RESULTS, (topic,)),
             ("sent since", store.SENT_SINCE, (0,))]}

@@ -399,10 +399,6 @@ class Store:
         row = self.db.execute(sql, bindings).fetchone()
         return str(row[0]) if row is not None and row[0] is not None else ""
 
-    def query_plan(self, sql: str, bindings: Sequence[Any] = ()) -> list[str]:
-        """EXPLAIN QUERY PLAN details, for tests that keep the hot queries on their indexes."""
-        return [row[3] for row in self.db.execute(f"EXPLAIN QUERY PLAN {sql}", bindings)]
-
     # -- settings -----------------------------------------------------------------------------
 
     def get_or_create_setting(self, key: str, make: Callable[[], str]) -> str:
@@ -673,19 +669,6 @@ class Store:
 
     # -- results (SNS, pixel) -----------------------------------------------------------------
 
-    def find_request(self, request_id: int | None, message_id: str | None) -> int | None:
-        """The request an SES event belongs to: by our X-Request-ID, else by SES message id."""
-        if request_id is not None:
-            row = self.db.execute("SELECT id FROM requests WHERE id = ?", (request_id,)).fetchone()
-            if row:
-                return int(row[0])
-        if message_id:
-            row = self.db.execute("SELECT id FROM requests WHERE message_id = ?",
-                                  (message_id,)).fetchone()
-            if row:
-                return int(row[0])
-        return None
-
     def record_result(self, *, request_id: int | None, status: str, raw: str | None,
                       sns_message_id: str | None,
                       suppress: Sequence[tuple[str, str]] = ()) -> bool:
@@ -750,11 +733,6 @@ class Store:
         with self._write() as cur:
             cur.executemany("UPDATE results SET hits = hits + ? WHERE request_id = ? "
                             "AND status = 'Open'", [(n, rid) for rid, n in hits.items()])
-
-    def open_hits(self, request_id: int) -> int:
-        """How often the request's pixel was loaded (0: never)."""
-        return self._scalar_int("SELECT hits FROM results WHERE request_id = ? AND "
-                                "status = 'Open'", (request_id,))
 
     # -- suppression list ---------------------------------------------------------------------
     # Every statement goes through addresses.suppression_key: no spelling of an address (case,
@@ -930,12 +908,6 @@ class Store:
                             "AND link = ? AND status = 'Click'",
                             [(n, rid, url) for (rid, url), n in hits.items()])
 
-    def click_hits(self, request_id: int, url: str) -> int:
-        """How often the request's link to `url` was followed (0: never)."""
-        return self._scalar_int("SELECT hits FROM results WHERE request_id = ? AND link = ? "
-                                "AND status = 'Click'", (request_id, url))
-
-    # Transactional requests have no unsubscribe link: their ids name nothing here.
     UNSUBSCRIBE_TARGET = """
         SELECT requests.email, contents.list_id
         FROM requests JOIN contents ON contents.id = requests.content_id
@@ -1038,14 +1010,6 @@ class Store:
         """When the most recent send was recorded (ms), by the sent_at index."""
         row = self.db.execute("SELECT MAX(sent_at) FROM requests").fetchone()
         return None if row is None or row[0] is None else int(row[0])
-
-    def request_row(self, request_id: int) -> dict[str, Any] | None:
-        """One request as a dict (operators' debugging and tests)."""
-        cur = self.db.execute("SELECT * FROM requests WHERE id = ?", (request_id,))
-        row = cur.fetchone()
-        if row is None:
-            return None
-        return dict(zip([d[0] for d in cur.getdescription()], row, strict=True))
 
     # -- webhook events: written inside the transaction of their fact ---------------------------
 

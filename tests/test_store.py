@@ -19,6 +19,7 @@ from sesd.store import (
     Store,
     now_ms,
 )
+from sesd.testing import dbview
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def add(store: Store, topic: str, n: int, at: int | None = None, html: str = "<p
 
 
 def status_of(store: Store, request_id: int) -> int:
-    row = store.request_row(request_id)
+    row = dbview.request_row(store, request_id)
     assert row is not None
     return int(row["status"])
 
@@ -83,7 +84,7 @@ def test_outcomes_and_release(store: Store) -> None:
                            Outcome(ids[1], FAILED, None, "MessageRejected: no", 2, at),
                            Outcome(ids[2], CREATED, None, None, 0, at)])
     assert [status_of(store, i) for i in ids] == [SENT, FAILED, CREATED, PROCESSING]
-    assert store.request_row(ids[1])["error"] == "MessageRejected: no"
+    assert dbview.request_row(store, ids[1])["error"] == "MessageRejected: no"
     assert store.release_processing().released == 1
     assert status_of(store, ids[3]) == CREATED
 
@@ -103,9 +104,9 @@ def test_results_are_stored_once_per_sns_message(store: Store) -> None:
     add(store, "t", 1)
     rid = store.claim_due(1).jobs[0][0]
     store.record_outcomes([Outcome(rid, SENT, "ses-1", None, 1, now_ms())])
-    assert store.find_request(None, "ses-1") == rid
-    assert store.find_request(rid, None) == rid
-    assert store.find_request(999, "nope") is None
+    assert store.request_candidates(None, "ses-1") == [(rid, "t0@example.com")]
+    assert store.request_candidates(rid, None) == [(rid, "t0@example.com")]
+    assert store.request_candidates(999, "nope") == []
     kwargs = {"request_id": rid, "status": "Bounce", "raw": "{}", "sns_message_id": "sns-1",
               "suppress": [("t0@example.com", "Bounce: Permanent/General")]}
     assert store.record_result(**kwargs) is True
@@ -121,7 +122,7 @@ def test_results_are_stored_once_per_sns_message(store: Store) -> None:
 
 def test_hot_queries_use_their_indexes(store: Store) -> None:
     def plan(sql: str, *args: object) -> str:
-        return " | ".join(store.query_plan(sql, args))
+        return " | ".join(dbview.query_plan(store, sql, args))
 
     for priority in (0, 1):
         claim = plan(store.CLAIM, 1, 10, priority)

@@ -15,6 +15,7 @@ from sesd import events
 from sesd.messages import Content
 from sesd.notifier import payload
 from sesd.store import MIGRATIONS, Click, NewMessage, Store, now_ms
+from sesd.testing import dbview
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def test_clicks_resolve_stored_links_and_write_one_row_per_link(store: Store) ->
         (events.CLICKED, first, {"link": links[0]}), (events.CLICKED, first, {"link": links[1]}),
         (events.CLICKED, second, {"link": links[1]})]
     store.add_click_hits({(first, links[1]): 5, (second, "https://not-a-link/"): 3})
-    assert store.click_hits(first, links[1]) == 6
+    assert dbview.hits(store, first, "Click", links[1]) == 6
     assert store.click_url(second, 0) == links[0] and store.click_url(second, 2) is None
     stats = store.topic_stats("t")["result"]
     assert stats == {"statuses": {"Click": 2}, "clicks": {links[0]: 1, links[1]: 2}}
@@ -100,7 +101,7 @@ def test_unsubscribe_is_one_transaction_and_idempotent(store: Store) -> None:
         (rid, "Unsubscribe")]
     assert [(kind, r) for kind, r, _ in event_rows(store)] == [
         (events.UNSUBSCRIBED, rid), (events.SUPPRESSED, rid), (events.SUPPRESSED, held)]
-    assert store.request_row(receipt)["status"] == 1
+    assert dbview.request_row(store, receipt)["status"] == 1
     # Transactional mail has no unsubscribe; an unknown request neither.
     assert store.unsubscribe(receipt) is None and store.unsubscribe_target(receipt) is None
     assert store.unsubscribe(10**9) is None
@@ -113,7 +114,7 @@ def test_an_unsubscribe_keeps_an_entry_that_exists(store: Store) -> None:
     done = store.unsubscribe(rid)
     assert done is not None and done.stopped == 1
     assert list(store.db.execute("SELECT reason FROM suppressions")) == [("asked by phone",)]
-    assert store.request_row(rid)["error"] == "suppressed: asked by phone (list news)"
+    assert dbview.request_row(store, rid)["error"] == "suppressed: asked by phone (list news)"
 
 
 # -- scoped suppressions and imports ---------------------------------------------------------------
@@ -149,8 +150,8 @@ def test_import_adds_what_is_missing_and_stops_what_is_refused(store: Store) -> 
         ("a@example.com", "news", "A@example.com", "imported", None),
         ("b@example.com", "news", "b@example.com", "first", None),
         ("c@example.com", "all", "c@example.com", "Bounce", "sns-1")]
-    statuses = {rid: (store.request_row(rid)["status"], store.request_row(rid)["error"])
-                for rid in (bulk, other, receipt, sending)}
+    rows = {rid: dbview.request_row(store, rid) or {} for rid in (bulk, other, receipt, sending)}
+    statuses = {rid: (row["status"], row["error"]) for rid, row in rows.items()}
     assert statuses == {bulk: (4, "suppressed: imported (list news)"), other: (1, None),
                         receipt: (1, None), sending: (1, None)}
     assert [(kind, r) for kind, r, _ in event_rows(store)] == [(events.SUPPRESSED, bulk)]
@@ -208,7 +209,7 @@ def test_due_deliveries_carry_stream_list_and_tags(store: Store) -> None:
 
 def test_the_new_queries_use_their_indexes(store: Store) -> None:
     def plan(sql: str, *args: object) -> str:
-        return " | ".join(store.query_plan(sql, args))
+        return " | ".join(dbview.query_plan(store, sql, args))
 
     assert plan(store.SUPPRESSION_PAGE, "a", "all", 10) == (
         "SEARCH suppressions USING PRIMARY KEY ((key,scope)>(?,?))")
@@ -243,6 +244,6 @@ def test_v7_adds_the_scope_index_to_a_v6_database(tmp_path: Path) -> None:
     store = Store(path)
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 7
     assert store.list_suppressions(scope="news")[0][0]["email"] == "a@x.io"
-    assert "suppressions_scope" in " ".join(store.query_plan(store.SCOPE_PAGE,
+    assert "suppressions_scope" in " ".join(dbview.query_plan(store, store.SCOPE_PAGE,
                                                               ("", "", 1, "news")))
     store.close()

@@ -20,6 +20,7 @@ from sesd.store import (
     Store,
     now_ms,
 )
+from sesd.testing import dbview
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def add(store: Store, topic: str, n: int) -> list[int]:
 
 
 def status_of(store: Store, request_id: int) -> int:
-    row = store.request_row(request_id)
+    row = dbview.request_row(store, request_id)
     assert row is not None
     return int(row["status"])
 
@@ -62,7 +63,7 @@ def test_a_retry_clears_the_started_mark_so_a_stop_can_take_it(store: Store) -> 
     store.begin_sending([rid])
     assert store.stop_topic("t") == 0
     store.record_outcomes([Outcome(rid, PROCESSING, None, "InternalFailure: boom", 1, now_ms())])
-    row = store.request_row(rid)
+    row = dbview.request_row(store, rid)
     assert row is not None
     assert (row["status"], row["sending_at"], row["attempts"], row["error"]) == (
         PROCESSING, None, 1, "InternalFailure: boom")
@@ -84,7 +85,7 @@ def test_sender_crashes_are_counted_and_isolate_then_fail(store: Store) -> None:
     [victim] = [j[0] for j in store.claim_suspects(2, 1).jobs]
     released = store.release_processing(crashed=True)  # and once more, alone: the culprit
     assert (released.released, released.failed) == (0, 1)
-    row = store.request_row(victim)
+    row = dbview.request_row(store, victim)
     assert row is not None and row["status"] == FAILED
     assert row["error"] == ("the sender process crashed 3 times while holding this request; "
                             "not tried again")
@@ -123,7 +124,7 @@ def test_topic_requests_pages_in_id_order_over_statuses(store: Store) -> None:
                       "error": "MessageRejected: no", "messageId": None,
                       "email": "t1@example.com"}
     assert store.topic_requests("t", [SENT])[0]["messageId"] == "m-0"
-    plan = " | ".join(store.query_plan(store.TOPIC_PAGE, ("t", 0, 0, 10)))
+    plan = " | ".join(dbview.query_plan(store, store.TOPIC_PAGE, ("t", 0, 0, 10)))
     assert "requests_topic" in plan and "TEMP B-TREE" not in plan
 
 

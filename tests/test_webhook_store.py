@@ -22,6 +22,7 @@ from sesd.store import (
     Store,
     now_ms,
 )
+from sesd.testing import dbview
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_an_event_and_its_fact_roll_back_together(store: Store, monkeypatch) -> 
     monkeypatch.setattr(store, "_emit", explode)
     with pytest.raises(apsw.IOError):
         store.record_outcomes([Outcome(ids[0], SENT, "m0", attempts=1, at=1)])
-    assert store.request_row(ids[0])["status"] == 1  # the fact did not happen either
+    assert dbview.request_row(store, ids[0])["status"] == 1  # the fact did not happen either
     assert rows(store) == []
 
 
@@ -101,7 +102,7 @@ def test_first_open_only(store: Store) -> None:
     ((kind, rid, result_id),) = store.db.execute("SELECT type, request_id, result_id "
                                                   "FROM events")
     assert (kind, rid) == (events.OPENED, ids[0])
-    assert store.open_hits(ids[0]) == 3
+    assert dbview.hits(store, ids[0], "Open") == 3
     assert result_id == store.db.execute("SELECT id FROM results WHERE status = 'Open'"
                                          ).fetchone()[0]
 
@@ -137,7 +138,7 @@ def test_requests_failed_after_sender_crashes_emit_failed(store: Store) -> None:
     for _ in range(3):
         store.release_processing(crashed=True)
         store.claim_suspects(store.suspect_level(), 10)
-    assert store.request_row(ids[0])["status"] == 3
+    assert dbview.request_row(store, ids[0])["status"] == 3
     assert rows(store) == [(events.FAILED, ids[0])]
 
 
@@ -174,9 +175,9 @@ def test_fan_out_rolls_back_with_its_cursor(store: Store) -> None:
 
 
 def test_due_walks_its_index_without_a_sort(store: Store) -> None:
-    plan = " ".join(store.query_plan(Store.DUE, (1, now_ms(), 10)))
+    plan = " ".join(dbview.query_plan(store, Store.DUE, (1, now_ms(), 10)))
     assert "deliveries_due" in plan and "TEMP B-TREE" not in plan
-    plan = " ".join(store.query_plan(Store.DELIVERY_PAGE, (1, 0, 0, 10)))
+    plan = " ".join(dbview.query_plan(store, Store.DELIVERY_PAGE, (1, 0, 0, 10)))
     assert "deliveries_list" in plan and "TEMP B-TREE" not in plan
 
 

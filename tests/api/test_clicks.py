@@ -14,6 +14,7 @@ from sesd.api.base import PUBLIC_BODY_LIMIT
 from sesd.api.clicks import MAX_USER_AGENT
 from sesd.api.recipients import CLICK_FLUSH_INTERVAL, CLICKS
 from sesd.store import Store
+from sesd.testing import dbview
 from tests.api.helpers import AUTH, ERROR_KEYS, MERGE, Env, assert_error, msg
 
 LINKS = ["https://shop.example/sale?id=7&ref=mail", "http://example.com/a%20b#top"]
@@ -120,7 +121,7 @@ async def test_replays_add_no_rows_and_their_count_reaches_the_row(env: Env) -> 
     await env.client.get(path, allow_redirects=False)
     assert CLICK_FLUSH_INTERVAL <= 10  # counts reach the database within seconds
     env.db.add_click_hits(app[CLICKS].memory.drain())
-    assert env.db.click_hits(rid, LINKS[0]) == 2
+    assert dbview.hits(env.db, rid, "Click", LINKS[0]) == 2
 
 
 async def test_concurrent_first_clicks_all_land_once(env: Env) -> None:
