@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import write_results
 
-from sesd.store import NewMessage, Store, now_ms
+from sesd.store import SENT, NewMessage, Store, now_ms
 from sesd.testing import dbview
 
 
@@ -35,10 +35,11 @@ def build(store: Store, rows: int, topics: int) -> None:
     db = store.db
     at = now_ms()
     with store._write() as cur:
-        cur.execute("UPDATE requests SET status = 2, sent_at = ?, message_id = 'm-' || id "
+        cur.execute(f"UPDATE requests SET status = {SENT}, sent_at = ?, message_id = 'm-' || id "
                     "WHERE id % 4 = 0", (at,))
         cur.execute("INSERT INTO results (request_id, status, raw, sns_message_id, created_at) "
-                    "SELECT id, 'Delivery', '{}', 'sns-' || id, ? FROM requests WHERE status = 2",
+                    "SELECT id, 'Delivery', '{}', 'sns-' || id, ? FROM requests "
+                    f"WHERE status = {SENT}",
                     (at,))
         cur.execute("INSERT INTO results (request_id, status, created_at) "
                     "SELECT id, 'Open', ? FROM requests WHERE id % 20 = 0", (at,))

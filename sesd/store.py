@@ -70,7 +70,8 @@ def _address_keys(cur: apsw.Cursor) -> None:
     last = 0
     while True:  # in chunks by id: never the whole table in memory, never a write mid-read
         rows: list[Any] = cur.execute(
-            "SELECT id, email FROM requests WHERE id > ? AND status IN (0, 1) ORDER BY id LIMIT ?",
+            f"SELECT id, email FROM requests WHERE id > ? "
+            f"AND status IN ({CREATED}, {PROCESSING}) ORDER BY id LIMIT ?",
             (last, _MIGRATION_CHUNK)).fetchall()
         if not rows:
             return
@@ -85,8 +86,8 @@ def _address_keys(cur: apsw.Cursor) -> None:
             if canonical != email:
                 changed.append((canonical, at, request_id))
         cur.executemany("UPDATE requests SET email = ?, updated_at = ? WHERE id = ?", changed)
-        cur.executemany("UPDATE requests SET status = 3, error = ?, updated_at = ? WHERE id = ?",
-                        refused)
+        cur.executemany(f"UPDATE requests SET status = {FAILED}, error = ?, updated_at = ? "
+                        "WHERE id = ?", refused)
 
 
 # Each entry upgrades the schema by one `PRAGMA user_version`: SQL, or a Python step given the
@@ -484,8 +485,9 @@ class Store:
         exactly what ends stopped. A request whose SES call has started (`sending_at`, committed
         by the sender before the call) is SES's already: it ends as SES answers."""
         with self._write() as cur:
-            cur.execute("UPDATE requests SET status = 4, error = 'topic stopped', updated_at = ? "
-                        "WHERE topic_id = ? AND status IN (0, 1) AND sending_at IS NULL",
+            cur.execute(f"UPDATE requests SET status = {STOPPED}, error = 'topic stopped', "
+                        f"updated_at = ? WHERE topic_id = ? "
+                        f"AND status IN ({CREATED}, {PROCESSING}) AND sending_at IS NULL",
                         (now_ms(), topic_id))
             return self.db.changes()
 
@@ -497,10 +499,10 @@ class Store:
     # key of a canonical address (addresses.key_of_canonical): intake stores only canonical ones
     # and the v4 migration rewrote those still waiting. Each lookup is one search of the
     # (key, scope) primary key, with no per-row Python.
-    _REFUSAL = """COALESCE(
+    _REFUSAL = f"""COALESCE(
             (SELECT reason FROM suppressions
              WHERE key = lower(requests.email) AND scope = 'all'),
-            CASE WHEN requests.priority = 1 THEN
+            CASE WHEN requests.priority = {BULK_PRIORITY} THEN
                 (SELECT reason || ' (list ' || scope || ')' FROM suppressions
                  WHERE key = lower(requests.email)
                    AND scope = (SELECT list_id FROM contents WHERE id = requests.content_id))
@@ -508,14 +510,15 @@ class Store:
     _RETURNING = f"""
         RETURNING id, email, content_id, data, {_REFUSAL}
     """
-    CLAIM = """
-        UPDATE requests SET status = 1, updated_at = ?1
-        WHERE id IN (SELECT id FROM requests WHERE status = 0 AND priority = ?3
+    CLAIM = f"""
+        UPDATE requests SET status = {PROCESSING}, updated_at = ?1
+        WHERE id IN (SELECT id FROM requests WHERE status = {CREATED} AND priority = ?3
                      AND scheduled_at <= ?1 AND crashes = 0 ORDER BY scheduled_at, id LIMIT ?2)
     """ + _RETURNING
-    CLAIM_SUSPECTS = """
-        UPDATE requests SET status = 1, updated_at = ?1
-        WHERE id IN (SELECT id FROM requests WHERE status = 0 AND crashes > 0 AND crashes = ?2
+    CLAIM_SUSPECTS = f"""
+        UPDATE requests SET status = {PROCESSING}, updated_at = ?1
+        WHERE id IN (SELECT id FROM requests WHERE status = {CREATED} AND crashes > 0
+                     AND crashes = ?2
                      ORDER BY id LIMIT ?3)
     """ + _RETURNING
 
@@ -534,7 +537,7 @@ class Store:
     def suspect_level(self) -> int:
         """The most sender crashes among requests waiting again after one (0: none waits)."""
         return self._scalar_int("SELECT MAX(crashes) FROM requests "
-                                "WHERE status = 0 AND crashes > 0")
+                                f"WHERE status = {CREATED} AND crashes > 0")
 
     def claim_suspects(self, crashes: int, limit: int) -> Claimed:
         """Claim up to `limit` requests that were held by the sender at `crashes` crashes: the
@@ -552,7 +555,7 @@ class Store:
                 else:
                     suppressed.append((f"suppressed: {reason}", request_id))
             if suppressed:
-                cur.executemany("UPDATE requests SET status = 4, error = ? WHERE id = ?",
+                cur.executemany(f"UPDATE requests SET status = {STOPPED}, error = ? WHERE id = ?",
                                 suppressed)
                 self.emit_events(cur, events.SUPPRESSED, [rid for _, rid in suppressed])
         return Claimed(jobs, len(suppressed))
@@ -566,7 +569,7 @@ class Store:
                                          orjson.loads(options) if options else None)
                 for cid, topic, subject, html, text, options in rows}
 
-    NEXT_DUE = "SELECT MIN(scheduled_at) FROM requests WHERE status = 0 AND priority = ?"
+    NEXT_DUE = f"SELECT MIN(scheduled_at) FROM requests WHERE status = {CREATED} AND priority = ?"
 
     def next_due(self) -> int | None:
         """The earliest scheduled time among created requests (ms), or None when there are none.
@@ -586,17 +589,18 @@ class Store:
         with self._write() as cur:
             failed = 0
             if crashed:
-                cur.execute("UPDATE requests SET crashes = crashes + 1 WHERE status = 1")
+                cur.execute(f"UPDATE requests SET crashes = crashes + 1 "
+                            f"WHERE status = {PROCESSING}")
                 rows = cur.execute(
-                    "UPDATE requests SET status = 3, sending_at = NULL, updated_at = ?, "
+                    f"UPDATE requests SET status = {FAILED}, sending_at = NULL, updated_at = ?, "
                     "error = 'the sender process crashed ' || crashes || "
                     "' times while holding this request; not tried again' "
-                    "WHERE status = 1 AND crashes >= ? RETURNING id", (at, MAX_CRASHES))
+                    f"WHERE status = {PROCESSING} AND crashes >= ? RETURNING id", (at, MAX_CRASHES))
                 failed_ids = [row[0] for row in rows]
                 failed = len(failed_ids)
                 self.emit_events(cur, events.FAILED, failed_ids, at=at)
-            cur.execute("UPDATE requests SET status = 0, sending_at = NULL, updated_at = ? "
-                        "WHERE status = 1", (at,))
+            cur.execute(f"UPDATE requests SET status = {CREATED}, sending_at = NULL, "
+                        f"updated_at = ? WHERE status = {PROCESSING}", (at,))
             return Released(self.db.changes(), failed)
 
     # -- sender -------------------------------------------------------------------------------
@@ -608,8 +612,8 @@ class Store:
         never reaches SES."""
         at = now_ms() if at is None else at
         with self._write() as cur:
-            rows = cur.execute("UPDATE requests SET sending_at = ? WHERE status = 1 AND id IN "
-                               "(SELECT value FROM json_each(?)) RETURNING id",
+            rows = cur.execute(f"UPDATE requests SET sending_at = ? WHERE status = {PROCESSING} "
+                               "AND id IN (SELECT value FROM json_each(?)) RETURNING id",
                                (at, orjson.dumps(list(request_ids))))
             return {row[0] for row in rows}
 
@@ -637,24 +641,24 @@ class Store:
             returning = " RETURNING id" if hooked else ""
             if sent:
                 rows = cur.executemany(
-                    "UPDATE requests SET status = 2, message_id = ?, error = NULL, "
+                    f"UPDATE requests SET status = {SENT}, message_id = ?, error = NULL, "
                     "attempts = ?, sent_at = ?, updated_at = ?, sending_at = NULL "
-                    "WHERE id = ? AND status IN (1, 4)" + returning, sent)
+                    f"WHERE id = ? AND status IN ({PROCESSING}, {STOPPED})" + returning, sent)
                 if hooked:
                     self._emit(cur, events.SENT, [row[0] for row in rows])
             if failed:
                 rows = cur.executemany(
-                    "UPDATE requests SET status = 3, error = ?, attempts = ?, "
-                    "updated_at = ?, sending_at = NULL WHERE id = ? AND status = 1" + returning,
-                    failed)
+                    f"UPDATE requests SET status = {FAILED}, error = ?, attempts = ?, "
+                    f"updated_at = ?, sending_at = NULL WHERE id = ? AND status = {PROCESSING}"
+                    + returning, failed)
                 if hooked:
                     self._emit(cur, events.FAILED, [row[0] for row in rows])
             if retry:
                 cur.executemany("UPDATE requests SET error = ?, attempts = ?, updated_at = ?, "
-                                "sending_at = NULL WHERE id = ? AND status = 1", retry)
+                                f"sending_at = NULL WHERE id = ? AND status = {PROCESSING}", retry)
             if released:
-                cur.executemany("UPDATE requests SET status = 0, sending_at = NULL, "
-                                "updated_at = ? WHERE id = ? AND status = 1", released)
+                cur.executemany(f"UPDATE requests SET status = {CREATED}, sending_at = NULL, "
+                                f"updated_at = ? WHERE id = ? AND status = {PROCESSING}", released)
 
     def stopped_among(self, request_ids: Sequence[int]) -> set[int]:
         """Which of these requests have been stopped (topic stopped) since they were claimed."""
@@ -663,7 +667,7 @@ class Store:
             chunk = list(request_ids[start:start + 30_000])
             rows = self.db.execute(
                 "SELECT value FROM json_each(?) JOIN requests ON requests.id = value "
-                "WHERE requests.status = 4", (orjson.dumps(chunk),))
+                f"WHERE requests.status = {STOPPED}", (orjson.dumps(chunk),))
             found.update(row[0] for row in rows)
         return found
 
@@ -794,19 +798,22 @@ class Store:
                                            now_ms()))
 
     # Not a request whose call has started (sending_at): SES has it, it ends as SES answers.
-    STOP_HELD = ("UPDATE requests SET status = 4, error = ?, updated_at = ? "
-                 "WHERE status = 1 AND sending_at IS NULL AND lower(email) = ? RETURNING id")
+    STOP_HELD = (f"UPDATE requests SET status = {STOPPED}, error = ?, updated_at = ? "
+                 f"WHERE status = {PROCESSING} AND sending_at IS NULL AND lower(email) = ? "
+                 "RETURNING id")
     # ...and for a list: bulk requests only, of a content of that list.
-    STOP_HELD_LIST = """
-        UPDATE requests SET status = 4, error = ?1, updated_at = ?2
-        WHERE status = 1 AND priority = 1 AND sending_at IS NULL AND lower(email) = ?3
+    STOP_HELD_LIST = f"""
+        UPDATE requests SET status = {STOPPED}, error = ?1, updated_at = ?2
+        WHERE status = {PROCESSING} AND priority = {BULK_PRIORITY} AND sending_at IS NULL
+          AND lower(email) = ?3
           AND (SELECT list_id FROM contents WHERE id = requests.content_id) = ?4
         RETURNING id
     """
     # ...and every held request the list now refuses, as the claim would (after an import).
     STOP_HELD_REFUSED = f"""
-        UPDATE requests SET status = 4, error = 'suppressed: ' || {_REFUSAL}, updated_at = ?1
-        WHERE status = 1 AND sending_at IS NULL AND {_REFUSAL} IS NOT NULL
+        UPDATE requests SET status = {STOPPED}, error = 'suppressed: ' || {_REFUSAL},
+            updated_at = ?1
+        WHERE status = {PROCESSING} AND sending_at IS NULL AND {_REFUSAL} IS NOT NULL
         RETURNING id
     """
 
@@ -908,10 +915,10 @@ class Store:
                             "AND link = ? AND status = 'Click'",
                             [(n, rid, url) for (rid, url), n in hits.items()])
 
-    UNSUBSCRIBE_TARGET = """
+    UNSUBSCRIBE_TARGET = f"""
         SELECT requests.email, contents.list_id
         FROM requests JOIN contents ON contents.id = requests.content_id
-        WHERE requests.id = ? AND requests.priority = 1
+        WHERE requests.id = ? AND requests.priority = {BULK_PRIORITY}
     """
 
     def unsubscribe_target(self, request_id: int) -> tuple[str, str, bool] | None:
@@ -1128,7 +1135,7 @@ class Store:
         delivery."""
         at = now_ms()
         with self._write() as cur:
-            cur.execute("UPDATE deliveries SET status = 0, attempts = 0, next_at = ?, "
+            cur.execute(f"UPDATE deliveries SET status = {CREATED}, attempts = 0, next_at = ?, "
                         "first_at = ?, updated_at = ? WHERE id = ? AND webhook_id = ?",
                         (at, at, at, delivery_id, webhook_id))
             if not self.db.changes():
@@ -1182,7 +1189,7 @@ class Store:
         return seen, made
 
     # The message's stream and tags: only what differs from the defaults is in `options`.
-    DUE = """
+    DUE = f"""
         SELECT d.id, d.event_id, d.attempts, d.first_at, e.type, e.created_at, e.request_id,
                e.detail, r.topic_id, r.email, r.message_id, r.error, res.status, res.raw,
                c.list_id, CAST(c.options AS TEXT) ->> '$.stream',
@@ -1191,7 +1198,7 @@ class Store:
         LEFT JOIN requests AS r ON r.id = e.request_id
         LEFT JOIN contents AS c ON c.id = r.content_id
         LEFT JOIN results AS res ON res.id = e.result_id
-        WHERE d.webhook_id = ? AND d.status = 0 AND d.next_at <= ?
+        WHERE d.webhook_id = ? AND d.status = {CREATED} AND d.next_at <= ?
         ORDER BY d.next_at, d.id LIMIT ?
     """
 
@@ -1213,24 +1220,26 @@ class Store:
                 failed.append((a.error, a.http_status, a.at, a.delivery_id))
         with self._write() as cur:
             if done:
-                cur.executemany("UPDATE deliveries SET status = 1, attempts = attempts + 1, "
+                cur.executemany(f"UPDATE deliveries SET status = {PROCESSING}, attempts = "
+                                "attempts + 1, "
                                 "last_error = NULL, last_status = ?, delivered_at = ?, "
                                 "updated_at = ? WHERE id = ?", done)
             if retry:
                 cur.executemany("UPDATE deliveries SET attempts = attempts + 1, next_at = ?, "
                                 "last_error = ?, last_status = ?, updated_at = ? "
-                                "WHERE id = ? AND status = 0", retry)
+                                f"WHERE id = ? AND status = {CREATED}", retry)
             if failed:
-                cur.executemany("UPDATE deliveries SET status = 2, attempts = attempts + 1, "
+                cur.executemany(f"UPDATE deliveries SET status = {SENT}, attempts = attempts + 1, "
                                 "last_error = ?, last_status = ?, updated_at = ? "
-                                "WHERE id = ? AND status = 0", failed)
+                                f"WHERE id = ? AND status = {CREATED}", failed)
 
     def hurry_deliveries(self, webhook_id: int, at: int | None = None) -> int:
         """The endpoint answers again: its backed-off pending deliveries are due now rather
         than at the end of their (by now long) backoff."""
         at = now_ms() if at is None else at
         with self._write() as cur:
-            cur.execute("UPDATE deliveries SET next_at = ? WHERE webhook_id = ? AND status = 0 "
+            cur.execute("UPDATE deliveries SET next_at = ? WHERE webhook_id = ? AND status = "
+                        f"{CREATED} "
                         "AND next_at > ?", (at, webhook_id, at))
             return self.db.changes()
 
@@ -1239,10 +1248,10 @@ class Store:
         an endpoint held shut, so no attempt of theirs could end them)."""
         at = now_ms() if at is None else at
         with self._write() as cur:
-            cur.execute("UPDATE deliveries SET status = 2, updated_at = ?1, last_error = "
+            cur.execute(f"UPDATE deliveries SET status = {SENT}, updated_at = ?1, last_error = "
                         "COALESCE(last_error, 'the endpoint was unreachable') || "
                         "' (gave up: not delivered within the retry window)' "
-                        "WHERE webhook_id = ?2 AND status = 0 AND first_at < ?3",
+                        f"WHERE webhook_id = ?2 AND status = {CREATED} AND first_at < ?3",
                         (at, webhook_id, at - window_ms))
             return self.db.changes()
 

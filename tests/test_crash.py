@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
+from sesd.store import SENT
 from sesd.testing.harness import Service, Standin, messages
 
 pytestmark = pytest.mark.slow
@@ -68,7 +69,7 @@ def test_random_kills_lose_nothing(spawn_standin: Callable[..., Standin],
             os.kill(pid, signal.SIGKILL)
             wait_back(service, role, pid)
     counts = service.wait_terminal(TOTAL, timeout=120)
-    assert counts == {2: TOTAL}, counts
+    assert counts == {SENT: TOTAL}, counts
     per_request = Counter(int(s["request_id"]) for s in standin.log()["sends"])
     assert len(per_request) == TOTAL  # nobody skipped
     duplicates = sum(n - 1 for n in per_request.values())

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sesd.store import FAILED, PROCESSING, SENT
 from sesd.testing.harness import Service, Standin, messages
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ def test_exact_rate_no_throttles(standin: Standin, start: Callable[..., Service]
     standin.configure(max_rate=rate)
     service = start(EMAIL_RATE=str(rate), EMAIL_BULK=bulk)
     post(service, "rate", total)
-    assert service.wait_terminal(total, timeout=total / rate + 30) == {2: total}
+    assert service.wait_terminal(total, timeout=total / rate + 30) == {SENT: total}
     log = standin.log()
     assert log["counters"]["throttled"] == 0
     assert log["counters"]["peak_window"] <= rate
@@ -72,10 +73,10 @@ def test_faults_retried_and_rejections_failed(standin: Standin,
     service = start(EMAIL_RATE="0", MAX_ATTEMPTS="12")
     post(service, "faults", 200)
     counts = service.wait_terminal(200, timeout=150)
-    assert counts == {2: 190, 3: 10}
+    assert counts == {SENT: 190, FAILED: 10}
     per_request = sends_per_request(standin.log())
     assert set(per_request.values()) == {1}  # failed attempts were never accepted
-    errors = [row[0] for row in service.query("SELECT error FROM requests WHERE status=3")]
+    errors = [row[0] for row in service.query(f"SELECT error FROM requests WHERE status={FAILED}")]
     assert all(e.startswith(("MessageRejected", "MESSAGE_REJECTED")) for e in errors), errors
     assert any(e.get("event") == "retrying" for e in service.log_events())
 
@@ -97,10 +98,10 @@ def test_sigkill_mid_run_loses_nothing(standin: Standin, start: Callable[..., Se
     standin.configure(latency_ms=20)
     service = start(EMAIL_RATE="500", MAX_CONCURRENT=str(concurrency), EMAIL_BULK="false")
     post(service, "crash", 3000)
-    while service.statuses().get(2, 0) < 800:
+    while service.statuses().get(SENT, 0) < 800:
         time.sleep(0.05)
     os.kill(service.pids()[role], signal.SIGKILL)
-    assert service.wait_terminal(3000, timeout=90) == {2: 3000}
+    assert service.wait_terminal(3000, timeout=90) == {SENT: 3000}
     per_request = sends_per_request(standin.log())
     assert len(per_request) == 3000
     duplicates = sum(n - 1 for n in per_request.values())
@@ -116,14 +117,15 @@ def test_sigterm_mid_run_then_restart_no_duplicates(standin: Standin,
                                                     start: Callable[..., Service]) -> None:
     service = start(EMAIL_RATE="300", EMAIL_BULK="false")
     post(service, "term", 1500)
-    while service.statuses().get(2, 0) < 300:
+    while service.statuses().get(SENT, 0) < 300:
         time.sleep(0.05)
     started = time.monotonic()
     assert service.stop(signal.SIGTERM, timeout=30) == 0
     assert time.monotonic() - started < 5 + 5
-    assert 2 in service.statuses() and 1 not in service.statuses()  # nothing left processing
+    # Nothing left processing:
+    assert SENT in service.statuses() and PROCESSING not in service.statuses()
     service.start()
-    assert service.wait_terminal(1500, timeout=60) == {2: 1500}
+    assert service.wait_terminal(1500, timeout=60) == {SENT: 1500}
     per_request = sends_per_request(standin.log())
     assert len(per_request) == 1500 and set(per_request.values()) == {1}
 
@@ -133,5 +135,5 @@ def test_sending_paused_holds_everything(standin: Standin, start: Callable[..., 
     service = start(EMAIL_RATE="0")
     post(service, "paused", 20)
     time.sleep(2)
-    assert 3 not in service.statuses()  # nothing burnt into failures
+    assert FAILED not in service.statuses()  # nothing burnt into failures
     assert any("paused" in str(e.get("event")) for e in service.log_events())

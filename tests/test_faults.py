@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from sesd.store import FAILED, SENT
 from sesd.testing.harness import Service, Standin, free_port, messages
 
 pytestmark = pytest.mark.slow
@@ -30,10 +31,10 @@ def test_ses_down_then_back_everything_sent_once(spawn_standin: Callable[..., St
                                 messages("during", [f"d{i}@example.com" for i in range(100)]))
     assert status == 200
     time.sleep(12)
-    assert 3 not in service.statuses()  # nothing burnt into failures while SES was away
+    assert FAILED not in service.statuses()  # nothing burnt into failures while SES was away
     standin = spawn_standin("--port", str(port))  # back, with an empty log
     counts = service.wait_terminal(150, timeout=90)
-    assert counts == {2: 150}
+    assert counts == {SENT: 150}
     sent_after = Counter(int(s["request_id"]) for s in standin.log()["sends"])
     assert len(sent_after) == 100 and set(sent_after.values()) == {1}
     assert not set(sent_after) & set(sent_before)
@@ -52,7 +53,7 @@ def test_hung_calls_time_out_and_are_retried(spawn_standin: Callable[..., Standi
     status, _ = service.request("POST", "/v1/messages",
                                 messages("hang", [f"h{i}@example.com" for i in range(40)]))
     assert status == 200
-    assert service.wait_terminal(40, timeout=90) == {2: 40}
+    assert service.wait_terminal(40, timeout=90) == {SENT: 40}
     # The stand-in accepts a hung call before hanging (as SES may): only those can repeat.
     per_request = Counter(int(s["request_id"]) for s in standin.log()["sends"])
     assert len(per_request) == 40

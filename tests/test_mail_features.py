@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from sesd import tracking
+from sesd.store import CREATED, PROCESSING, SENT
 from sesd.testing.harness import Service, Standin
 
 pytestmark = pytest.mark.slow
@@ -62,7 +63,7 @@ def test_every_message_carries_a_text_part_and_its_own_text_wins(
              "content": html, "text": "Our own words."},
             {"topicId": "one", "emails": ["solo@example.com"], "subject": "Receipt",
              "content": "<p>Order <b>42</b> is paid.</p>"}])
-        assert service.wait_terminal(total, timeout=30) == {2: 5}
+        assert service.wait_terminal(total, timeout=30) == {SENT: 5}
         sends = {s["to"][0]: s for s in standin.log()["sends"]}
         for address in ("n0@example.com", "n1@example.com", "n2@example.com"):
             assert words(sends[address]["text"]) == words(html)
@@ -92,7 +93,7 @@ def test_one_off_messages_share_bulk_calls_byte_for_byte(tmp_path: Path,
             messages.append({"topicId": "receipts", "emails": [address], "subject": subject,
                              "content": html, "stream": "transactional"})
         assert post(service, messages) == 500
-        assert service.wait_terminal(500, timeout=60) == {2: 500}
+        assert service.wait_terminal(500, timeout=60) == {SENT: 500}
         log = standin.log()
         per_request = Counter(int(s["request_id"]) for s in log["sends"])
         assert len(per_request) == 500 and set(per_request.values()) == {1}
@@ -122,7 +123,7 @@ def test_personalised_mail_is_rendered_per_recipient(tmp_path: Path, standin: St
                 {"email": "ann@example.com", "data": {"name": "Ann <3", "vip": True,
                                                        "orders": ["A-1", "A-2"]}},
                 {"email": "bob@example.com", "data": {"name": "Bob", "orders": []}}]}])
-        assert service.wait_terminal(2, timeout=30) == {2: 2}
+        assert service.wait_terminal(2, timeout=30) == {SENT: 2}
         sends = {s["to"][0]: s for s in standin.log()["sends"]}
         ann, bob = sends["ann@example.com"], sends["bob@example.com"]
         assert ann["subject"] == "Hi Ann &lt;3" and bob["subject"] == "Hi Bob"
@@ -166,7 +167,7 @@ def test_sender_fields_reach_ses_on_both_paths(tmp_path: Path, standin: Standin,
             "replyTo": ["help@example.com"], "list": "weekly",
             "headers": {"X-Campaign": "früh", "Precedence": "bulk"},
             "tags": {"campaign": "spring"}, "configurationSet": "events-2"}])
-        assert service.wait_terminal(2, timeout=30) == {2: 2}
+        assert service.wait_terminal(2, timeout=30) == {SENT: 2}
         for send in standin.log()["sends"]:
             assert send["from"].endswith("<news@team.example.com>")
             assert send["from"].startswith("=?utf-8?")
@@ -195,7 +196,7 @@ def test_transactional_mail_overtakes_a_bulk_backlog(tmp_path: Path, standin: St
         post(service, [{"topicId": "newsletter", "emails": [f"b{i}@example.com"
                                                              for i in range(3000)],
                         "subject": "News", "content": "<p>news</p>"}])
-        while service.statuses().get(2, 0) < 200:
+        while service.statuses().get(SENT, 0) < 200:
             time.sleep(0.05)
         posted = time.time()
         post(service, [{"topicId": "reset", "emails": ["urgent@example.com"],
@@ -209,7 +210,8 @@ def test_transactional_mail_overtakes_a_bulk_backlog(tmp_path: Path, standin: St
             time.sleep(0.05)
         assert arrived is not None, "the transactional message never arrived"
         assert arrived - posted < 1.5, arrived - posted
-        assert service.statuses().get(0, 0) + service.statuses().get(1, 0) > 1000  # backlog
+        waiting = service.statuses()
+        assert waiting.get(CREATED, 0) + waiting.get(PROCESSING, 0) > 1000  # the backlog
         assert standin.log()["counters"]["throttled"] == 0
     finally:
         service.kill()
@@ -227,7 +229,7 @@ def test_the_account_quota_caps_the_rate_and_is_followed_when_it_changes(
     try:
         post(service, [{"topicId": "q", "emails": [f"q{i}@example.com" for i in range(30)],
                         "subject": "S", "content": "<p>c</p>"}])
-        assert service.wait_terminal(30, timeout=30) == {2: 30}
+        assert service.wait_terminal(30, timeout=30) == {SENT: 30}
         first = [s["t"] for s in standin.log()["sends"]]
         assert standin.log()["counters"]["throttled"] == 0
         assert sustained(first) >= 0.99 * 5
@@ -235,7 +237,7 @@ def test_the_account_quota_caps_the_rate_and_is_followed_when_it_changes(
         time.sleep(1.5)
         post(service, [{"topicId": "q2", "emails": [f"r{i}@example.com" for i in range(40)],
                         "subject": "S", "content": "<p>c</p>"}])
-        assert service.wait_terminal(70, timeout=30) == {2: 70}
+        assert service.wait_terminal(70, timeout=30) == {SENT: 70}
         log = standin.log()
         second = [s["t"] for s in log["sends"] if s["to"][0].startswith("r")]
         assert log["counters"]["throttled"] == 0

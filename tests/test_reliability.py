@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from sesd.store import FAILED, SENT
 from sesd.testing.harness import ROOT, Service, Standin
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def test_a_burst_of_distinct_messages_is_sent_once_without_a_restart(
             status, body = service.request("POST", "/v1/messages",
                                            distinct("burst", 1000, part * 1000))
             assert status == 200 and body["count"] == 1000, body
-        assert service.wait_terminal(3000, timeout=120) == {2: 3000}
+        assert service.wait_terminal(3000, timeout=120) == {SENT: 3000}
         per_request = sends(standin)
         assert len(per_request) == 3000 and set(per_request.values()) == {1}
         health = service.wait_healthy()
@@ -101,7 +102,7 @@ def test_failures_are_logged_once_and_listed_with_ses_text(tmp_path: Path,
         status, _ = service.request("POST", "/v1/messages", {"messages": [
             {"topicId": "mixed", "emails": emails, "subject": "S", "content": "<p>c</p>"}]})
         assert status == 200
-        assert service.wait_terminal(4, timeout=30) == {2: 1, 3: 3}
+        assert service.wait_terminal(4, timeout=30) == {SENT: 1, FAILED: 3}
         status, page = service.request("GET", "/v1/topics/mixed/requests?status=failed")
         assert status == 200 and page["next"] is None
         assert sorted(r["email"] for r in page["requests"]) == sorted(emails[:3])
@@ -130,9 +131,10 @@ def test_a_message_that_kills_the_sender_is_isolated_and_failed(tmp_path: Path,
         status, _ = service.request("POST", "/v1/messages", {"messages": [
             {"topicId": "poison", "emails": emails, "subject": "S", "content": "<p>c</p>"}]})
         assert status == 200
-        assert service.wait_terminal(61, timeout=90) == {2: 60, 3: 1}
+        assert service.wait_terminal(61, timeout=90) == {SENT: 60, FAILED: 1}
         with service.db() as db:
-            [(email, error)] = db.execute("SELECT email, error FROM requests WHERE status = 3")
+            [(email, error)] = db.execute(
+                f"SELECT email, error FROM requests WHERE status = {FAILED}")
         assert email == poison and "crashed 3 times" in error
         per_request = sends(standin)
         assert len(per_request) == 60
@@ -162,7 +164,7 @@ def test_sending_paused_is_held_and_health_says_why(tmp_path: Path, standin: Sta
         assert health["status"] == "degraded"
         assert health["sending"]["state"] == "held"
         assert "SendingPaused" in health["sending"]["reason"]
-        assert 3 not in service.statuses()
+        assert FAILED not in service.statuses()
     finally:
         service.kill()
 
@@ -219,7 +221,7 @@ def test_an_endpoint_without_send_bulk_email_still_sends_everyone_once(
         status, _ = service.request("POST", "/v1/messages", {"messages": [
             {"topicId": "news", "emails": emails, "subject": "S", "content": "<p>c</p>"}]})
         assert status == 200
-        assert service.wait_terminal(120, timeout=60) == {2: 120}
+        assert service.wait_terminal(120, timeout=60) == {SENT: 120}
         per_request = sends(standin)
         assert len(per_request) == 120 and set(per_request.values()) == {1}
         assert not any(s["bulk"] for s in standin.log()["sends"])
@@ -256,7 +258,7 @@ def test_an_unverified_from_holds_its_mail_says_why_and_resumes_when_fixed(
         with service.db() as db:
             assert db.execute("SELECT MAX(attempts) FROM requests").fetchone()[0] == 0
         standin.configure(unverified_senders=None)  # the operator verifies the identity
-        assert service.wait_terminal(30, timeout=30) == {2: 30}
+        assert service.wait_terminal(30, timeout=30) == {SENT: 30}
         assert service.request("GET", "/health")[1]["status"] == "ok"
         assert len(sends(standin)) == 30
         events = [e.get("event") for e in service.log_events()]

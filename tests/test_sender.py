@@ -16,7 +16,7 @@ from sesd.config import Settings
 from sesd.database import Database
 from sesd.messages import Batch, Content, Job
 from sesd.sender.actor import Sender
-from sesd.store import NewMessage, Store, now_ms
+from sesd.store import FAILED, PROCESSING, SENT, NewMessage, Store, now_ms
 from sesd.testing.ses_standin import SesStandin
 from sesd.transports.ses import SesTransport
 
@@ -70,7 +70,7 @@ def statuses(store: Store) -> dict[int, int]:
 async def test_all_sent_once_with_pixel_and_request_id(tmp_path: Path, standin: SesStandin,
                                                        bulk: bool) -> None:
     sender, store = await run_sender(settings(tmp_path, bulk=bulk), 120)
-    assert statuses(store) == {2: 120}
+    assert statuses(store) == {SENT: 120}
     per_request = Counter(int(s["request_id"]) for s in standin.sends)
     assert len(per_request) == 120 and set(per_request.values()) == {1}
     assert all(("bulk" in s and s["bulk"]) == bulk for s in standin.sends)
@@ -93,8 +93,8 @@ async def test_rejections_fail_with_text_and_faults_are_retried(tmp_path: Path,
     standin.config = dataclasses.replace(standin.config, reject_pattern=r"^u1\d@",
                                          error_rate=0.3, throttle_rate=0.1, seed=3)
     sender, store = await run_sender(settings(tmp_path, bulk=False, max_attempts=20), 60)
-    assert statuses(store) == {2: 50, 3: 10}
-    errors = [r[0] for r in store.db.execute("SELECT error FROM requests WHERE status = 3")]
+    assert statuses(store) == {SENT: 50, FAILED: 10}
+    errors = [r[0] for r in store.db.execute(f"SELECT error FROM requests WHERE status = {FAILED}")]
     assert all(e.startswith("MessageRejected") for e in errors)
     assert sender.counters.retried > 0 and sender.counters.throttled > 0
     assert set(Counter(s["request_id"] for s in standin.sends).values()) == {1}
@@ -105,7 +105,7 @@ async def test_gives_up_after_max_attempts(tmp_path: Path, standin: SesStandin,
     monkeypatch.setattr("sesd.sender.policy.BACKOFF_BASE", 0.01)
     standin.config = dataclasses.replace(standin.config, error_rate=1.0)
     _, store = await run_sender(settings(tmp_path, bulk=False, max_attempts=3), 3)
-    assert statuses(store) == {3: 3}
+    assert statuses(store) == {FAILED: 3}
     error = store.db.execute("SELECT error FROM requests LIMIT 1").fetchone()[0]
     assert error.startswith("gave up after 3 attempts")
 
@@ -115,7 +115,7 @@ async def test_stop_hands_back_unstarted_work(tmp_path: Path, standin: SesStandi
     async with running_sender(s, 100) as (_, store):
         await asyncio.sleep(0.5)
     counts = statuses(store)
-    assert counts.get(1, 0) == 0  # nothing left processing
+    assert counts.get(PROCESSING, 0) == 0  # nothing left processing
     assert counts[2] == len(standin.sends) and counts[0] == 100 - counts[2]
 
 

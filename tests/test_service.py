@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from sesd.store import SENT
 from sesd.testing.harness import API_KEY, Service, messages
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,7 @@ def test_killed_child_comes_back_and_work_continues(service: Service, role: str)
                                    messages("after-kill", ["a@example.com", "b@example.com"]))
     assert status == 200, body
     service.wait_terminal(2, timeout=20)
-    assert service.statuses() == {2: 2}
+    assert service.statuses() == {SENT: 2}
 
 
 def test_stop_topic_before_due(service: Service) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sesd import ses_suppressions
-from sesd.store import NewMessage, Store, now_ms
+from sesd.store import PROCESSING, NewMessage, Store, now_ms
 from sesd.testing.harness import RUN_PY, Standin
 
 
@@ -84,7 +84,7 @@ def test_the_account_list_is_imported_once_in_pages(tmp_path: Path,
     store = Store(tmp_path / "app.db")
     store.insert_messages([NewMessage("t", ["user3@example.com", "someone@example.com"], "S",
                                       "H", now_ms())])
-    store.db.execute("UPDATE requests SET status = 1")  # held by a sender
+    store.db.execute(f"UPDATE requests SET status = {PROCESSING}")  # held by a sender
     store.close()
     done = command(tmp_path, listing_standin.env())
     assert done.returncode == 0, done.stderr

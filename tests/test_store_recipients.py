@@ -14,7 +14,7 @@ import pytest
 from sesd import events
 from sesd.messages import Content
 from sesd.notifier import payload
-from sesd.store import MIGRATIONS, Click, NewMessage, Store, now_ms
+from sesd.store import MIGRATIONS, PROCESSING, Click, NewMessage, Store, now_ms
 from sesd.testing import dbview
 
 
@@ -85,7 +85,7 @@ def test_unsubscribe_is_one_transaction_and_idempotent(store: Store) -> None:
     (rid,) = add(store, ["Ann@example.com"], list_id="news")
     (held,) = add(store, ["ann@example.com"], topic="t2", list_id="news")
     (receipt,) = add(store, ["ann@example.com"], topic="t3", stream="transactional")
-    store.db.execute("UPDATE requests SET status = 1")
+    store.db.execute(f"UPDATE requests SET status = {PROCESSING}")
     hook(store)
     assert store.unsubscribe_target(rid) == ("Ann@example.com", "news", False)
     done = store.unsubscribe(rid)
@@ -101,7 +101,7 @@ def test_unsubscribe_is_one_transaction_and_idempotent(store: Store) -> None:
         (rid, "Unsubscribe")]
     assert [(kind, r) for kind, r, _ in event_rows(store)] == [
         (events.UNSUBSCRIBED, rid), (events.SUPPRESSED, rid), (events.SUPPRESSED, held)]
-    assert dbview.request_row(store, receipt)["status"] == 1
+    assert dbview.request_row(store, receipt)["status"] == PROCESSING
     # Transactional mail has no unsubscribe; an unknown request neither.
     assert store.unsubscribe(receipt) is None and store.unsubscribe_target(receipt) is None
     assert store.unsubscribe(10**9) is None
@@ -110,7 +110,7 @@ def test_unsubscribe_is_one_transaction_and_idempotent(store: Store) -> None:
 def test_an_unsubscribe_keeps_an_entry_that_exists(store: Store) -> None:
     (rid,) = add(store, ["a@example.com"], list_id="news")
     store.add_suppression("A@example.com", "asked by phone", scope="news")
-    store.db.execute("UPDATE requests SET status = 1")
+    store.db.execute(f"UPDATE requests SET status = {PROCESSING}")
     done = store.unsubscribe(rid)
     assert done is not None and done.stopped == 1
     assert list(store.db.execute("SELECT reason FROM suppressions")) == [("asked by phone",)]
@@ -134,7 +134,7 @@ def test_import_adds_what_is_missing_and_stops_what_is_refused(store: Store) -> 
     (other,) = add(store, ["b@example.com"], topic="t2", list_id="offers")
     (receipt,) = add(store, ["b@example.com"], topic="t3", stream="transactional")
     (sending,) = add(store, ["a@example.com"], topic="t4", list_id="news")
-    store.db.execute("UPDATE requests SET status = 1")
+    store.db.execute(f"UPDATE requests SET status = {PROCESSING}")
     store.db.execute("UPDATE requests SET sending_at = 1 WHERE id = ?", (sending,))
     store.add_suppression("c@example.com", "Bounce", "sns-1")
     hook(store)

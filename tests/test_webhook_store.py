@@ -15,7 +15,9 @@ from sesd.store import (
     FAILED,
     GAVE_UP,
     PENDING,
+    PROCESSING,
     SENT,
+    STOPPED,
     Attempt,
     NewMessage,
     Outcome,
@@ -74,7 +76,7 @@ def test_a_send_recorded_after_a_stop_is_still_sent(store: Store) -> None:
     hook(store)
     ids = requests(store, 1, topic="stopme")
     store.begin_sending(ids)
-    store.db.execute("UPDATE requests SET status = 4 WHERE id = ?", (ids[0],))
+    store.db.execute(f"UPDATE requests SET status = {STOPPED} WHERE id = ?", (ids[0],))
     store.record_outcomes([Outcome(ids[0], SENT, "m0", attempts=1, at=1)])
     assert rows(store) == [(events.SENT, ids[0])]
 
@@ -89,7 +91,8 @@ def test_an_event_and_its_fact_roll_back_together(store: Store, monkeypatch) -> 
     monkeypatch.setattr(store, "_emit", explode)
     with pytest.raises(apsw.IOError):
         store.record_outcomes([Outcome(ids[0], SENT, "m0", attempts=1, at=1)])
-    assert dbview.request_row(store, ids[0])["status"] == 1  # the fact did not happen either
+    # The fact did not happen either:
+    assert dbview.request_row(store, ids[0])["status"] == PROCESSING
     assert rows(store) == []
 
 
@@ -138,7 +141,7 @@ def test_requests_failed_after_sender_crashes_emit_failed(store: Store) -> None:
     for _ in range(3):
         store.release_processing(crashed=True)
         store.claim_suspects(store.suspect_level(), 10)
-    assert dbview.request_row(store, ids[0])["status"] == 3
+    assert dbview.request_row(store, ids[0])["status"] == FAILED
     assert rows(store) == [(events.FAILED, ids[0])]
 
 

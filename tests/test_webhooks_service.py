@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sesd import events, tracking
+from sesd.store import SENT
 from sesd.testing.harness import Service, messages
 from tests.test_public_service import CertServer, post_sns
 from tests.test_sns import FIXTURES, TOPIC, _make_cert, notification, sign
@@ -64,7 +65,7 @@ def post(svc: Service, topic: str, emails: list[str]) -> None:
 def sent_requests(svc: Service) -> dict[int, tuple[str, str, str]]:
     with svc.db() as conn:
         return {rid: (topic, email, mid) for rid, topic, email, mid in conn.execute(
-            "SELECT id, topic_id, email, message_id FROM requests WHERE status = 2")}
+            f"SELECT id, topic_id, email, message_id FROM requests WHERE status = {SENT}")}
 
 
 def assert_none_lost(receiver: Receiver, svc: Service, total: int, timeout: float) -> None:

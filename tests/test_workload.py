@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sesd.store import SENT, STOPPED
 from sesd.testing.harness import Service, Standin
 from sesd.testing.workload import REJECT_PREFIX, Shape, Workload
 
@@ -32,6 +33,6 @@ def test_randomized_workload_keeps_every_invariant(tmp_path: Path, standin: Stan
         report = Workload(service, standin, seed, Shape(posts=30)).run(settle_timeout=90)
         assert report.ok, "\n".join(report.violations[:20])
         assert report.requests > 300 and report.stops > 0 and report.spellings > 0
-        assert report.statuses.get(2, 0) > 0 and report.statuses.get(4, 0) >= 0
+        assert report.statuses.get(SENT, 0) > 0 and report.statuses.get(STOPPED, 0) >= 0
     finally:
         service.kill()

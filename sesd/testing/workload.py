@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..store import CREATED, FAILED, PROCESSING, SENT, STOPPED
+
 REJECT_PREFIX = "reject-"  # the stand-in is configured to reject these recipients
 # Suppressed before the workload starts; posts then use other spellings of them (case, Punycode
 # or Unicode domain, NFD), which must all end stopped and never reach SES.
@@ -203,7 +205,8 @@ class Workload:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.service.db() as db:
-                waiting = db.execute("SELECT COUNT(*) FROM requests WHERE status IN (0, 1)"
+                waiting = db.execute("SELECT COUNT(*) FROM requests "
+                                     f"WHERE status IN ({CREATED}, {PROCESSING})"
                                      ).fetchone()[0]
             if not waiting:
                 return
@@ -222,16 +225,16 @@ class Workload:
         report.duplicates = sum(n - 1 for n in per_request.values())
         if report.duplicates:
             report.violations.append(f"{report.duplicates} duplicate sends")
-        sent = {r[0] for r in rows if r[3] == 2}
+        sent = {r[0] for r in rows if r[3] == SENT}
         if set(per_request) != sent:
             report.violations.append(
                 f"store and SES disagree: {len(sent - set(per_request))} recorded as sent but "
                 f"not received, {len(set(per_request) - sent)} received but not recorded")
-        stopped_rows = {r[0] for r in rows if r[3] == 4}
+        stopped_rows = {r[0] for r in rows if r[3] == STOPPED}
         if stopped_rows & set(per_request):
             report.violations.append(f"{len(stopped_rows & set(per_request))} stopped requests "
                                      "reached SES")
-        by_topic = Counter(r[1] for r in rows if r[3] == 4 and r[4] == "topic stopped")
+        by_topic = Counter(r[1] for r in rows if r[3] == STOPPED and r[4] == "topic stopped")
         for topic, answered in self.stopped.items():
             if by_topic.get(topic, 0) != answered:
                 report.violations.append(f"DELETE {topic} answered {answered}, "
@@ -240,15 +243,15 @@ class Workload:
             report.violations.append(f"{by_topic[topic]} requests of {topic} stopped unasked")
         for row in rows:
             spelling = self._is_spelling(row[2])
-            if spelling and (row[3] != 4 or row[0] in per_request):
+            if spelling and (row[3] != STOPPED or row[0] in per_request):
                 report.violations.append(f"suppressed {row[2]} ended {row[3]} ({row[4]})")
-            if row[3] == 4 and not spelling and row[4] != "topic stopped":
+            if row[3] == STOPPED and not spelling and row[4] != "topic stopped":
                 report.violations.append(f"request {row[0]} ({row[2]}) stopped: {row[4]}")
         for row in rows:
-            if row[3] == 3 and not (row[2].startswith(REJECT_PREFIX) and (row[4] or "")
+            if row[3] == FAILED and not (row[2].startswith(REJECT_PREFIX) and (row[4] or "")
                                     .startswith(("MessageRejected", "MESSAGE_REJECTED"))):
                 report.violations.append(f"request {row[0]} ({row[2]}) failed: {row[4]}")
-            if row[3] == 2 and row[2].startswith(REJECT_PREFIX):
+            if row[3] == SENT and row[2].startswith(REJECT_PREFIX):
                 report.violations.append(f"rejected recipient {row[2]} recorded as sent")
         arrivals = {s["to"][0]: s["t"] for s in sends}
         for address, at in self.scheduled.items():

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sesd.errors import StorageFullError
-from sesd.store import Store
+from sesd.store import PROCESSING, Store
 from tests.api.helpers import (
     AUTH,
     EMPTY,
@@ -60,7 +60,8 @@ async def test_genuine_notification_is_stored_and_matched(
     held = {email: await new_request(sns_env, email.upper()) for email in suppressed}
     waiting = [await new_request(sns_env, email) for email in suppressed]
     bystander = await new_request(sns_env, "bystander@example.com")
-    sns_env.exec("UPDATE requests SET status = 1 WHERE id IN (SELECT value FROM json_each(?))",
+    sns_env.exec(f"UPDATE requests SET status = {PROCESSING} "
+                 "WHERE id IN (SELECT value FROM json_each(?))",
                  json.dumps([*held.values(), bystander]))
     message = signed_notification(sns_key, cert_server.cert_url, text, version=version,
                                   message_id=f"sns-{name}-{version}")

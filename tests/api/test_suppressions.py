@@ -10,6 +10,7 @@ import time
 import pytest
 
 from sesd.api.suppressions import EXPORT_PAGE
+from sesd.store import PROCESSING
 from tests.api.helpers import AUTH, EMPTY, ERROR_KEYS, Env, MakeEnv, assert_error, msg
 
 
@@ -88,7 +89,7 @@ async def test_put_suppression_stops_what_the_sender_holds(env: Env) -> None:
     assert (await env.post([msg(emails=["a@example.com", "b@example.com"]),
                             msg(emails=["A@EXAMPLE.COM"])])).status == 200
     held_a, held_b, held_upper = env.request_ids()
-    env.exec("UPDATE requests SET status = 1")
+    env.exec(f"UPDATE requests SET status = {PROCESSING}")
     resp = await env.client.put("/v1/suppressions/a@example.com", headers=AUTH,
                                 json={"reason": "asked"})
     assert resp.status == 200
@@ -137,7 +138,7 @@ async def test_put_for_a_list_stops_only_bulk_mail_of_that_list(env: Env) -> Non
                             msg(emails=["a@example.com"], list="news",
                                 stream="transactional")])).status == 200
     news, offers, receipt = env.request_ids()
-    env.exec("UPDATE requests SET status = 1")
+    env.exec(f"UPDATE requests SET status = {PROCESSING}")
     resp = await env.client.put("/v1/suppressions/a@example.com?scope=news", headers=AUTH,
                                 json={"reason": "asked by phone"})
     assert resp.status == 200
@@ -304,7 +305,7 @@ async def test_import_stops_held_requests_the_list_now_refuses(env: Env) -> None
                                 list="news"),
                             msg(emails=["b@example.com"], stream="transactional")])).status == 200
     a, b, c, receipt = env.request_ids()
-    env.exec("UPDATE requests SET status = 1")
+    env.exec(f"UPDATE requests SET status = {PROCESSING}")
     body = b"email,scope,reason\nA@example.com,all,manual list\nb@example.com,news,\n"
     resp = await env.client.post("/v1/suppressions/import", headers=AUTH, data=body)
     assert (await resp.json())["stopped"] == 2

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from sesd.store import SENT
 from tests.api.helpers import AUTH, Env, assert_error, msg
 
 
@@ -71,7 +72,7 @@ async def test_counts_sent_windows(env: Env) -> None:
     hour = 3_600_000
     for rid, ago in zip(env.request_ids(), [0.5, 2, 100, 200, None], strict=True):
         if ago is not None:
-            env.exec("UPDATE requests SET status = 2, sent_at = ? WHERE id = ?",
+            env.exec(f"UPDATE requests SET status = {SENT}, sent_at = ? WHERE id = ?",
                      now - int(ago * hour), rid)
     for query, hours, count in [("?hours=1", 1, 1), ("", 24, 2), ("?hours=24", 24, 2),
                                 ("?hours=168", 168, 3), ("?hours=100", 100, 2)]:

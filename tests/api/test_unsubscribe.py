@@ -12,6 +12,7 @@ import pytest
 from sesd import tracking
 from sesd.api.base import PUBLIC_BODY_LIMIT
 from sesd.api.recipients import UNSUBSCRIBE_BODY_LIMIT
+from sesd.store import PROCESSING
 from tests.api.helpers import AUTH, ERROR_KEYS, Env, assert_error, msg
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
@@ -92,7 +93,7 @@ async def test_held_requests_of_that_address_and_list_are_stopped(env: Env) -> N
     (transactional,) = await newsletter(env, ["a@example.com"], topicId="t5",
                                         stream="transactional")
     (other_address,) = await newsletter(env, ["b@example.com"], topicId="t6")
-    env.exec("UPDATE requests SET status = 1")
+    env.exec(f"UPDATE requests SET status = {PROCESSING}")
     env.exec("UPDATE requests SET sending_at = 1 WHERE id = ?", in_flight)
     env.exec("INSERT INTO webhooks (url, secret, after_event, created_at) "
              "VALUES ('https://h.example/', 's', 0, 0)")
@@ -119,7 +120,7 @@ async def test_a_later_bulk_send_to_that_list_is_refused_by_the_claim(env: Env) 
     await newsletter(env, ["a@example.com"], topicId="receipt", stream="transactional")
     claimed = env.db.claim_due(100)
     kept = {topic for (topic,) in env.rows(
-        "SELECT topic_id FROM requests WHERE status = 1")}
+        f"SELECT topic_id FROM requests WHERE status = {PROCESSING}")}
     assert claimed.suppressed == 2  # the first newsletter and the later one
     assert kept == {"offers", "receipt"}
     assert env.rows("SELECT error FROM requests WHERE topic_id = 'later'") == [
