@@ -9,6 +9,7 @@ tokens, entities, odd whitespace) must give equal answers from both.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from html import escape, unescape
@@ -414,3 +415,43 @@ def test_any_text_agrees(html: str) -> None:
 @settings(max_examples=200, deadline=None)
 def test_documents_spliced_with_markup_agree(parts: list[str]) -> None:
     agree("".join(parts))
+
+
+# --- hostile input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["<!--<p>", "<![CDATA[<p>", "<![if x<p>", "<p title='x>", '<p title="x>', "</p", "<a\x00>"],
+)
+def test_unclosed_constructs_cost_linear_time(unit: str) -> None:
+    # Each unit is a construct cut off before its end. html.parser searches to the end of the
+    # document for every one of them; the scanner remembers what is not there.
+    tail = '<a href="https://tail.example">'
+    assert links(unit * 50 + tail) == oracle_links(unit * 50 + tail)
+    start = time.perf_counter()
+    links(unit * 200_000 + tail)
+    assert time.perf_counter() - start < 5  # quadratic would take minutes
+
+
+# --- speed ---------------------------------------------------------------------------------------
+
+
+def fastest(
+    function: Callable[[str], object], html: str, rounds: int = 7, number: int = 20
+) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(number):
+            function(html)
+        best = min(best, (time.perf_counter() - start) / number)
+    return best
+
+
+@pytest.mark.parametrize("html", [RECEIPT, NEWSLETTER_50K], ids=["2k", "50k"])
+def test_much_faster_than_the_parser(html: str) -> None:
+    # A ratio, both measured here and now, so a loaded machine slows both alike. The gain is
+    # well above this bound; the bound only catches a return to the parser's speed.
+    ratio = fastest(oracle_links, html) / fastest(links, html)
+    assert ratio > 5, f"links() only {ratio:.1f}x faster than the HTMLParser version"
