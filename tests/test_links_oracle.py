@@ -432,26 +432,3 @@ def test_unclosed_constructs_cost_linear_time(unit: str) -> None:
     start = time.perf_counter()
     links(unit * 200_000 + tail)
     assert time.perf_counter() - start < 5  # quadratic would take minutes
-
-
-# --- speed ---------------------------------------------------------------------------------------
-
-
-def fastest(
-    function: Callable[[str], object], html: str, rounds: int = 7, number: int = 20
-) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(number):
-            function(html)
-        best = min(best, (time.perf_counter() - start) / number)
-    return best
-
-
-@pytest.mark.parametrize("html", [RECEIPT, NEWSLETTER_50K], ids=["2k", "50k"])
-def test_much_faster_than_the_parser(html: str) -> None:
-    # A ratio, both measured here and now, so a loaded machine slows both alike. The gain is
-    # well above this bound; the bound only catches a return to the parser's speed.
-    ratio = fastest(oracle_links, html) / fastest(links, html)
-    assert ratio > 5, f"links() only {ratio:.1f}x faster than the HTMLParser version"
