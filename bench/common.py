@@ -98,6 +98,16 @@ class ProcMonitor(threading.Thread):
     def cpu_seconds(self) -> float:
         return sum(self.cpu_last[p] - self.cpu_base.get(p, 0.0) for p in self.cpu_last)
 
+    @property
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds per role (every pid a role ever had, restarts included)."""
+        out: dict[str, float] = {}
+        for pid, used in self.cpu_last.items():
+            role = self.procs[pid][1] if pid in self.procs else None
+            name = role or "starting"
+            out[name] = out.get(name, 0.0) + used - self.cpu_base.get(pid, 0.0)
+        return out
+
 
 def peak_window(arrivals: Iterable[tuple[float, int, Any]], width: float = 1.0) -> int:
     """Most recipients in any sliding window (t - width, t]."""

@@ -184,6 +184,8 @@ def run_sesd(standin: Standin, args: argparse.Namespace, mode: str) -> dict[str,
         rss = {r: round(mon.peak_rss.get(r, 0) / 2**20, 1) for r in ROLES}
         return {"rcpt_s": args.n / (t_last - t0), "post_s": post_s, "elapsed_s": t_last - t0,
                 "cpu_s": mon.cpu_seconds, "cpu_s_per_1k": mon.cpu_seconds / args.n * 1000,
+                "cpu_ms_per_rcpt": {role: round(used / args.n * 1000, 4)
+                                    for role, used in sorted(mon.cpu_by_role.items())},
                 "peak_1s": counters["peak_window"], "ses_calls": counters["requests"],
                 "statuses": counts, "rss_mb": rss, "t0": t0,
                 "arrivals": list(standin.arrivals)}
@@ -242,6 +244,9 @@ def main() -> int:
                     "cpu_s_per_1k": median([r["cpu_s_per_1k"] for r in runs]),
                     "peak_1s": median([r["peak_1s"] for r in runs]),
                     "post_s": median([r["post_s"] for r in runs])}
+                for role in ("api", "scheduler", "sender", "notifier"):
+                    row[f"{role}_ms"] = median([r["cpu_ms_per_rcpt"].get(role, 0.0)
+                                                for r in runs])
                 for role in ROLES:
                     row[f"rss_{role}_mb"] = median([r["rss_mb"][role] for r in runs])
                 rows.append(row)
@@ -255,9 +260,10 @@ def main() -> int:
                         bin_s=0.25)
         out["plot"] = str(png)
     path = write_results("sends_per_sec", out, ts)
-    print(table(rows))
+    print(table([{k: v for k, v in row.items() if not k.startswith("rss_")} for row in rows]))
     print(f"\nsesd = first POST to last stand-in arrival; raw = one aiobotocore client, "
-          f"concurrency {args.concurrency}; CPU = all sesd processes.\nresults: {path}")
+          f"concurrency {args.concurrency}; CPU = all sesd processes, <role>_ms = CPU ms per "
+          f"recipient in that process; peak RSS per process in\nresults: {path}")
     if "plot" in out:
         print(f"plot: {out['plot']}")
     return 0
