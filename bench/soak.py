@@ -1,7 +1,9 @@
-"""Soak: a steady feed at EMAIL_RATE against a stand-in with random faults, SIGKILLing a random
-sesd child now and then (optionally the supervisor, then starting run.py again), sampling RSS per
-process. At the end: stop feeding, wait until every request is terminal, check the invariants
-over the database and the stand-in log, plot RSS and sends/s. Exit 1 if an invariant fails.
+"""Soak: a steady feed at EMAIL_RATE (shared-content bulk posts and, `--distinct-share` of them,
+bursts of one-recipient messages each with its own content) against a stand-in with random
+faults, SIGKILLing a random sesd child now and then (optionally the supervisor, then starting
+run.py again), sampling RSS per process. At the end: stop feeding, wait until every request is
+terminal, check the invariants over the database and the stand-in log, plot RSS and sends/s.
+Exit 1 if an invariant fails.
 
     .venv/bin/python bench/soak.py --duration 3600 --rate 50 --kill-interval 60 --kill-supervisor
 """
@@ -56,12 +58,24 @@ class Soak:
             at = rfc3339(time.time() + self.rng.uniform(0, 5)) if self.rng.random() < 0.2 else None
             topic = f"soak-{k}"
             k += 1
+            emails = [f"{topic}-{i}@example.com" for i in range(size)]
+            if self.rng.random() < a.distinct_share:  # a transactional burst: one content each
+                messages = [message(topic, [e], at, self.distinct_html(topic, i))
+                            for i, e in enumerate(emails)]
+            else:
+                messages = [message(topic, emails, at)]
             try:
-                status, _ = self.svc.request("POST", "/v1/messages", {"messages": [message(
-                    topic, [f"{topic}-{i}@example.com" for i in range(size)], at)]}, timeout=30)
+                status, _ = self.svc.request("POST", "/v1/messages", {"messages": messages},
+                                             timeout=30)
                 self.posts.append((topic, size, "ok" if status == 200 else "refused"))
             except OSError:
                 self.posts.append((topic, size, "error"))  # maybe stored: all or nothing
+
+    @staticmethod
+    def distinct_html(topic: str, i: int) -> str:
+        return (f"<html><body><p>Receipt {i} of {topic}: caf\u00e9 {{{{ not a variable }}}}</p>"
+                f'<p><a href="https://shop.example/orders/{topic}/{i}">your order</a></p>'
+                + "<p>Thank you for your order.</p>" * 40 + "</body></html>")
 
     def kill_loop(self) -> None:
         a = self.args
@@ -214,6 +228,8 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=3600, help="seconds of feeding")
     p.add_argument("--rate", type=float, default=50, help="EMAIL_RATE (default: %(default)s)")
     p.add_argument("--load", type=float, default=0.8, help="feed, as a fraction of the rate")
+    p.add_argument("--distinct-share", type=float, default=0.3,
+                   help="share of posts that are one-recipient messages, each its own content")
     p.add_argument("--feed-interval", type=float, default=1.0, help="seconds between batches")
     p.add_argument("--error-rate", type=float, default=0.01, help="stand-in 500 probability")
     p.add_argument("--throttle-rate", type=float, default=0.01, help="stand-in 429 probability")

@@ -248,6 +248,7 @@ def test_string_to_sign_matches_aws_layout() -> None:
         ("MessageId", "other-id"),
         ("Timestamp", sns_time(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))),
     ],
+    ids=["Message", "Subject", "TopicArn", "MessageId", "Timestamp"],  # stable for pytest -n
 )
 async def test_tampered_field_refused(rsa_key, fetch, field: str, value: str) -> None:
     msg = sign(notification(), rsa_key, "2")

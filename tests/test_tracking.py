@@ -88,6 +88,7 @@ def test_the_message_is_domain_separated() -> None:
         (KEY, True, TypeError),
         (KEY, "1", TypeError),
     ],
+    ids=["empty-key", "negative", "too-large", "bool", "text"],  # KEY is random: stable ids
 )
 def test_make_token_refuses_bad_input(key: str, request_id: object, error: type) -> None:
     with pytest.raises(error):

@@ -39,7 +39,7 @@ class Bodies:
 
 
 def _no_noncharacters(value: str, where: str) -> None:
-    if _NONCHARACTERS.search(value):
+    if not value.isascii() and _NONCHARACTERS.search(value):
         raise ValidationError(f"{where} must not contain Unicode noncharacters "
                               "(U+FDD0 to U+FDEF)")
 
