@@ -137,6 +137,14 @@ def require_key(request: web.Request) -> None:
         raise ApiError(401, "missing or invalid x-api-key")
 
 
+def require_size(request: web.Request) -> None:
+    """🔑 bodies: 413 past MAX_REQUEST_MB by their Content-Length, before anything is read (a
+    chunked one is cut off by client_max_size as it is read)."""
+    settings = request.app[SETTINGS]
+    if (request.content_length or 0) > settings.max_request_bytes:
+        raise ApiError(413, f"request body is larger than {settings.max_request_mb:g} MB")
+
+
 async def read_capped(request: web.Request, limit: int) -> bytes:
     """The body of an unauthenticated request, refused with 413 past `limit` bytes: by its
     Content-Length before reading anything, and while reading when it is chunked."""
