@@ -294,6 +294,11 @@ class Counters:
     not_implemented: int = 0  # 404 HTML answers (bulk_unsupported)
     peak_window: int = 0  # max recipients accepted in any sliding 1 s window
 
+    def count_call(self, calls: str) -> None:
+        """One more SES request, and one more of its operation, counted in the field `calls`."""
+        self.requests += 1
+        setattr(self, calls, getattr(self, calls) + 1)
+
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
 
@@ -1035,8 +1040,7 @@ class SesStandin:
         now = time.monotonic()
         t = time.time()
         c = self.counters
-        c.requests += 1
-        c.send_email_calls += 1
+        c.count_call("send_email_calls")
         if not self._authorized(request):
             return self._unauthorized()
         cfg = self._config
@@ -1148,8 +1152,7 @@ class SesStandin:
         now = time.monotonic()
         t = time.time()
         c = self.counters
-        c.requests += 1
-        c.send_bulk_email_calls += 1
+        c.count_call("send_bulk_email_calls")
         cfg = self._config
         if cfg.bulk_unsupported:
             # An emulator without the route answers before looking at the request at all.
@@ -1283,8 +1286,7 @@ class SesStandin:
         return shared, template, parsed
 
     async def _get_account(self, request: web.Request) -> web.Response:
-        self.counters.requests += 1
-        self.counters.get_account_calls += 1
+        self.counters.count_call("get_account_calls")
         if not self._authorized(request):
             return self._unauthorized()
         cfg = self._config  # read per call: a runtime change shows in the next GetAccount
@@ -1302,8 +1304,7 @@ class SesStandin:
         return await self._answer(self._ok(payload), False)
 
     async def _list_suppressed(self, request: web.Request) -> web.Response:
-        self.counters.requests += 1
-        self.counters.list_suppressed_calls += 1
+        self.counters.count_call("list_suppressed_calls")
         if not self._authorized(request):
             return self._unauthorized()
         try:
