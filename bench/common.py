@@ -147,12 +147,7 @@ def median(values: Sequence[float]) -> float:
 def plot_rate(path: Path, series: Mapping[str, tuple[Sequence[tuple[float, int, Any]], float]],
               title: str, bin_s: float = 1.0, limits: Mapping[str, float] | None = None) -> Path:
     """Recipients per second over time, one line per series (arrivals, t0)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = pyplot().subplots(figsize=(10, 4.5))
     for label, (arrivals, t0) in series.items():
         bins: dict[int, int] = {}
         for t, n, *_ in arrivals:
@@ -168,10 +163,25 @@ def plot_rate(path: Path, series: Mapping[str, tuple[Sequence[tuple[float, int, 
     ax.set_title(title)
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files only (Agg); imported late, as most runs plot nothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lays `fig` out, writes it to `path` as a PNG and closes it."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -213,6 +223,14 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
 def progress(total: int, desc: str, unit: str = "rcpt") -> tqdm[Any]:
     return tqdm(total=total, desc=desc, file=sys.stderr, unit=unit, dynamic_ncols=True,
                 leave=False)
+
+
+def post(svc: Service, path: str, body: Any, timeout: float = 60.0) -> Any:
+    """POST `body` to the API; its JSON answer, or RuntimeError for anything but a 200."""
+    status, answer = svc.request("POST", path, body, timeout=timeout)
+    if status != 200:
+        raise RuntimeError(f"POST {path} answered {status}: {answer!r}")
+    return answer
 
 
 def emails(n: int, prefix: str = "r", domain: str = "example.com") -> list[str]:

@@ -26,6 +26,7 @@ from common import (
     message,
     parse_env,
     percentile,
+    post,
     table,
     write_results,
 )
@@ -37,19 +38,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                            **parse_env(args.env)}, keep=args.keep).start()
     try:
         body = json.dumps({"messages": [message("newsletter", emails(args.backlog))]}).encode()
-        status, answer = service.request("POST", "/v1/messages", body, timeout=600)
-        if status != 200:
-            raise RuntimeError(f"POST answered {status}: {answer!r}")
+        post(service, "/v1/messages", body, timeout=600)
         while standin.counters()["accepted_recipients"] < args.rate * 2:
             time.sleep(0.1)
         posted: dict[str, float] = {}
         for i in range(args.messages):
             address = f"urgent{i}@example.com"
-            status, answer = service.request("POST", "/v1/messages", {"messages": [{
+            post(service, "/v1/messages", {"messages": [{
                 "topicId": "reset", "emails": [address], "subject": "Your code",
                 "content": f"<p>{i:06d}</p>", "stream": "transactional"}]})
-            if status != 200:
-                raise RuntimeError(f"POST answered {status}: {answer!r}")
             posted[address] = time.time()
             print(f"\rtransactional {i + 1}/{args.messages}", end="", file=sys.stderr)
             time.sleep(args.interval)

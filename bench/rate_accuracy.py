@@ -24,6 +24,7 @@ from common import (
     peak_window,
     plot_rate,
     png_path,
+    post,
     progress,
     stamp,
     table,
@@ -41,10 +42,7 @@ def one_run(rate: float, n: int, args: argparse.Namespace) -> dict[str, Any]:
     try:
         svc.start()
         t0 = time.time()
-        status, resp = svc.request("POST", "/v1/messages",
-                                   {"messages": [message("rate", emails(n))]})
-        if status != 200:
-            raise RuntimeError(f"POST /v1/messages answered {status}: {resp!r}")
+        post(svc, "/v1/messages", {"messages": [message("rate", emails(n))]})
         deadline = time.monotonic() + n / rate * 3 + 60
         with progress(n, f"{rate:g}/s") as bar:
             while True:

@@ -36,6 +36,7 @@ from common import (
     message,
     parse_env,
     percentile,
+    post,
     progress,
     table,
     write_results,
@@ -163,10 +164,8 @@ async def click_runs(args: argparse.Namespace, svc: Service,
     topic = f"clicks-{uuid.uuid4().hex[:8]}"
     html = "<p>" + " ".join(f'<a href="{url}">item {i}</a>'
                             for i, url in enumerate(click_links(args.links))) + "</p>"
-    status, resp = svc.request("POST", "/v1/messages", {"messages": [
+    post(svc, "/v1/messages", {"messages": [
         message(topic, emails(args.click_requests, prefix=topic), FAR_FUTURE, content=html)]})
-    if status != 200:
-        raise RuntimeError(f"POST /v1/messages answered {status}: {resp!r}")
     ids = [int(r[0]) for r in svc.query("SELECT id FROM requests WHERE topic_id = ? "
                                         "ORDER BY id", (topic,))]
     paths = [f"{CLICK_PATH}/{click_token(tracking_key, rid, link)}"
@@ -210,10 +209,8 @@ def main() -> int:
     key, cert_pem = key_and_cert()
     svc = Service(env=env, keep=args.keep).start()
     try:
-        status, resp = svc.request("POST", "/v1/messages", {"messages": [
+        post(svc, "/v1/messages", {"messages": [
             message("results", emails(args.requests), FAR_FUTURE)]})
-        if status != 200:
-            raise RuntimeError(f"POST /v1/messages answered {status}: {resp!r}")
         ids = [int(r[0]) for r in svc.query("SELECT id FROM requests ORDER BY id")]
         runs = []
         for i in range(args.runs):

@@ -11,6 +11,7 @@ import argparse
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from common import (
@@ -23,7 +24,10 @@ from common import (
     parse_env,
     percentile,
     png_path,
+    post,
+    pyplot,
     rfc3339,
+    save_figure,
     stamp,
     table,
     wait_terminal,
@@ -45,10 +49,8 @@ def one_run(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
                 time.sleep(pause)
             at = round(time.time() + rng.uniform(args.min_ahead, args.max_ahead), 3)
             topic = f"sched-{i}"
-            status, resp = svc.request("POST", "/v1/messages", {"messages": [
+            post(svc, "/v1/messages", {"messages": [
                 message(topic, emails(args.batch_size, f"s{i}x"), rfc3339(at))]})
-            if status != 200:
-                raise RuntimeError(f"POST answered {status}: {resp!r}")
             due[topic] = at
         total = args.batches * args.batch_size
         wait_terminal(svc, total, args.max_ahead + args.spread + 60, "sent")
@@ -68,13 +70,8 @@ def one_run(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
         standin.close()
 
 
-def plot(path: Any, runs: list[dict[str, Any]]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4))
+def plot(path: Path, runs: list[dict[str, Any]]) -> str:
+    fig, ax = pyplot().subplots(figsize=(9, 4))
     for i, r in enumerate(runs):
         ax.scatter([s - r["t0"] for s, _ in r["points"]], [d * 1000 for _, d in r["points"]],
                    s=8, label=f"run {i + 1}")
@@ -85,10 +82,7 @@ def plot(path: Any, runs: list[dict[str, Any]]) -> str:
     ax.set_title("sesd schedule latency (red: early, dashed: 1 s limit)")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return str(save_figure(fig, path))
 
 
 def main() -> int:

@@ -39,6 +39,7 @@ from common import (
     parse_env,
     plot_rate,
     png_path,
+    post,
     progress,
     stamp,
     table,
@@ -154,19 +155,14 @@ def run_sesd(standin: Standin, args: argparse.Namespace, mode: str) -> dict[str,
     svc = Service(env=env, keep=args.keep).start()
     try:
         if args.dead_webhook:
-            status, resp = svc.request("POST", "/v1/webhooks",
-                                       {"url": f"http://127.0.0.1:{free_port()}/closed"})
-            if status != 200:
-                raise RuntimeError(f"POST /v1/webhooks answered {status}: {resp!r}")
+            post(svc, "/v1/webhooks", {"url": f"http://127.0.0.1:{free_port()}/closed"})
         assert svc.proc is not None
         mon = ProcMonitor(lambda: svc.proc.pid if svc.proc else None)
         body = body_for(mode, args.n, args.generated_text)
         mon.start()
         t0 = time.time()
-        status, resp = svc.request("POST", "/v1/messages", body)
+        post(svc, "/v1/messages", body)
         post_s = time.time() - t0
-        if status != 200:
-            raise RuntimeError(f"POST /v1/messages answered {status}: {resp!r}")
         deadline = time.monotonic() + args.timeout
         with progress(args.n, "at stand-in") as bar:
             while True:

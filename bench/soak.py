@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from common import (
@@ -30,7 +31,9 @@ from common import (
     parse_env,
     peak_window_at,
     png_path,
+    pyplot,
     rfc3339,
+    save_figure,
     stamp,
     table,
     write_results,
@@ -195,14 +198,9 @@ class Soak:
                       "rss_series": [(round(t - res["t0"], 2), r, pid, rss)
                                      for t, r, pid, rss in mon.series]}
 
-    def plot(self, path: Any, res: dict[str, Any]) -> str:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    def plot(self, path: Path, res: dict[str, Any]) -> str:
         t0 = res["t0"]
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+        fig, (top, bottom) = pyplot().subplots(2, 1, figsize=(11, 7), sharex=True)
         for role in ("supervisor", "api", "scheduler", "sender"):
             pts = [(t - t0, rss / 2**20) for t, r, _, rss in res["monitor"].series if r == role]
             top.plot([p[0] for p in pts], [p[1] for p in pts], ".", ms=2, label=role)
@@ -217,10 +215,7 @@ class Soak:
         bottom.axhline(self.args.rate, color="grey", ls="--", lw=0.8)
         bottom.set_ylabel("sends/s (stand-in)")
         bottom.set_xlabel("seconds")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return str(path)
+        return str(save_figure(fig, path))
 
 
 def main() -> int:

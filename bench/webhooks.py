@@ -20,7 +20,17 @@ import sys
 import time
 from typing import Any
 
-from common import Sesd, add_common, emails, message, parse_env, percentile, table, write_results
+from common import (
+    Service,
+    add_common,
+    emails,
+    message,
+    parse_env,
+    percentile,
+    post,
+    table,
+    write_results,
+)
 
 from tests.webhook_receiver import Receiver
 
@@ -41,12 +51,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     receiver = Receiver().start()
     env = {"EMAIL_RATE": "0", "WEBHOOK_ALLOW_PRIVATE": "true", "LOG_LEVEL": "warning",
            **parse_env(args.env)}
-    svc = Sesd(env, keep=args.keep).start()
+    svc = Service(env=env, keep=args.keep).start()
     try:
-        status, body = svc.request("POST", "/v1/webhooks", {"url": receiver.url})
-        if status != 200:
-            raise RuntimeError(f"POST /v1/webhooks answered {status}: {body!r}")
-        receiver.secret = body["secret"]
+        receiver.secret = post(svc, "/v1/webhooks", {"url": receiver.url})["secret"]
         # live
         status, _ = svc.request("POST", "/v1/messages",
                                 {"messages": [message("live", emails(args.n, "l"))]})

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
+
+import structlog
 
 from . import telemetry
 from .config import Settings
@@ -63,3 +66,23 @@ def bootstrap(role: str, settings: Settings, parent_pid: int,
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def drain_on_sigterm(drain: Callable[[], None], event: str, **fields: Any) -> None:
+    """On the running loop: the first SIGTERM logs `event` and calls `drain`; a second exits at
+    once (code 1) without draining, as the operator wants out now. What was in hand is taken up
+    again by the next process (claimed rows are recovered, pending deliveries attempted)."""
+    stops = 0
+
+    def on_term() -> None:
+        nonlocal stops
+        stops += 1
+        log = structlog.get_logger()
+        if stops == 1:
+            log.info(event, **fields)
+            drain()
+        else:
+            log.warning("second stop signal; exiting without draining")
+            raise SystemExit(1)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_term)

@@ -95,12 +95,7 @@ _REQUEST_ID = re.compile(r"[0-9]{1,18}")  # fits SQLite's int64; int() alone wou
 
 def parse_envelope(body: bytes) -> dict[str, Any]:
     """Decode an SNS HTTP(S) POST body; shape errors are SnsMessageError, never verification."""
-    try:
-        msg = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise SnsMessageError(f"SNS body is not valid JSON: {exc}") from None
-    if not isinstance(msg, dict):
-        raise SnsMessageError("SNS body must be a JSON object")
+    msg = _json_object(body, "SNS body")
     for key in _STRING_FIELDS:
         value = msg.get(key)
         if key in msg and not isinstance(value, str) and not (key == "Subject" and value is None):
@@ -118,6 +113,17 @@ def parse_envelope(body: bytes) -> dict[str, Any]:
         raise SnsMessageError(f"SNS Timestamp {_show(msg['Timestamp'])} is not an ISO 8601 "
                               "time") from None
     return msg
+
+
+def _json_object(text: bytes | str, what: str) -> dict[str, Any]:
+    """`text` decoded as a JSON object; anything else is an SnsMessageError naming `what`."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise SnsMessageError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SnsMessageError(f"{what} must be a JSON object")
+    return value
 
 
 def _show(value: object) -> str:
@@ -405,12 +411,7 @@ class SesEvent:
 
 def parse_ses_event(message: str) -> SesEvent:
     """Parse the SNS "Message" of an SES identity notification or event-publishing record."""
-    try:
-        data = orjson.loads(message)
-    except orjson.JSONDecodeError as exc:
-        raise SnsMessageError(f"SES event is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SnsMessageError("SES event must be a JSON object")
+    data = _json_object(message, "SES event")
     # Identity notifications say notificationType; configuration-set publishing says eventType.
     kind = data.get("eventType", data.get("notificationType"))
     if kind == "AmazonSnsSubscriptionSucceeded":

@@ -73,12 +73,7 @@ def new_key() -> str:
 
 def make_token(key: str, request_id: int) -> str:
     """The token that proves a pixel link for `request_id` came from us."""
-    if not key:
-        raise ValueError("an empty tracking key would let anyone sign links")
-    if isinstance(request_id, bool) or not isinstance(request_id, int):
-        raise TypeError(f"request id must be an int, not {type(request_id).__name__}")
-    if not 0 <= request_id <= _MAX_ID:
-        raise ValueError(f"request id out of range: {request_id}")
+    _check_key_and_id(key, request_id)
     return _sign(key.encode(), request_id)
 
 

@@ -1,49 +1,25 @@
-"""The aiohttp application: its resources, the error middleware and the routes."""
+"""The aiohttp application: the error middleware, its resources (resources.py) and the routes."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-import aiohttp
 import apsw
 import structlog
 from aiohttp import web
 
-from .. import sns, telemetry, tracking
+from .. import telemetry
 from ..config import Settings
 from ..errors import StorageFullError
-from ..store import Store
-from .base import (
-    CERTS,
-    DB,
-    HOOKS,
-    HTTP,
-    OPENS,
-    PUBLIC_BODY_LIMIT,
-    REFUSALS,
-    SETTINGS,
-    TRACKING_KEY,
-    ApiError,
-    ApiHooks,
-    Database,
-    LogThrottle,
-    clip,
-    error_response,
-)
+from .base import HOOKS, PUBLIC_BODY_LIMIT, SETTINGS, ApiError, ApiHooks, clip, error_response
 from .guard import GuardedRequestHandler
 from .handlers import PUBLIC_ROUTES, add_routes
-from .opens import OpenCounter
+from .resources import resources
 
 __all__ = ["ApiHooks", "create_app"]
 
 log = structlog.get_logger()
-CERT_FETCH_TIMEOUT = 5.0  # seconds, total; SNS itself waits 15 s for our answer
-MAX_CERT_BYTES = 64 * 1024  # SNS certificates are about 2 KB
-OPEN_FLUSH_INTERVAL = 5.0  # seconds between writes of counted pixel replays
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -107,74 +83,10 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     return error_response(request, status, message, headers)
 
 
-async def fetch_pem(http: aiohttp.ClientSession, url: str) -> bytes:
-    """The whole body at a certificate URL, read to its end: a part of one never passes for a
-    certificate. Larger than MAX_CERT_BYTES is refused; redirects are not followed."""
-    async with http.get(url, allow_redirects=False) as resp:
-        if resp.status != 200:
-            raise sns.SnsCertFetchError(f"certificate fetch answered {resp.status}")
-        if (resp.content_length or 0) > MAX_CERT_BYTES:
-            raise sns.SnsVerificationError(f"certificate is larger than {MAX_CERT_BYTES} bytes")
-        body = bytearray()
-        async for chunk in resp.content.iter_chunked(16 * 1024):
-            body += chunk
-            if len(body) > MAX_CERT_BYTES:
-                raise sns.SnsVerificationError(
-                    f"certificate is larger than {MAX_CERT_BYTES} bytes")
-    return bytes(body)
-
-
-async def _flush_opens(app: web.Application) -> None:
-    hits = app[OPENS].drain()
-    if hits:
-        db = app[DB]
-        try:
-            await db.run(db.store.add_open_hits, hits)
-        except Exception as exc:  # counts are a nicety: never let them take the API down
-            log.warning("could not add pixel hits", error=clip(str(exc)), requests=len(hits))
-
-
-async def _flush_opens_forever(app: web.Application) -> None:
-    while True:
-        await asyncio.sleep(OPEN_FLUSH_INTERVAL)
-        await _flush_opens(app)
-
-
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    if not settings.sns_topic_arns:
-        log.warning("SNS_TOPIC_ARNS is empty: every SNS message and subscription will be "
-                    "refused (403) until it lists your SES event topics")
-    db = await Database.open(functools.partial(
-        Store, settings.db_path, durable=True, max_page_count=settings.sqlite_max_pages or None),
-        name="sesd-api-db")
-    try:
-        app[DB] = db
-        app[TRACKING_KEY] = settings.tracking_key or await db.run(
-            db.store.get_or_create_setting, "tracking_key", tracking.new_key)
-        app[OPENS] = OpenCounter()
-        app[REFUSALS] = LogThrottle()
-        async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=CERT_FETCH_TIMEOUT),
-                headers={"User-Agent": "sesd"}) as http:
-            app[HTTP] = http
-            app[CERTS] = sns.CertificateCache(functools.partial(fetch_pem, http))
-            flusher = asyncio.create_task(_flush_opens_forever(app))
-            try:
-                yield
-            finally:
-                flusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await flusher
-                await _flush_opens(app)
-    finally:
-        await db.close()
-
-
 def create_app(settings: Settings, hooks: ApiHooks | None = None) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=settings.max_request_bytes)
     app[SETTINGS] = settings
     app[HOOKS] = hooks or ApiHooks()
-    app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(resources)
     add_routes(app)
     return app

@@ -6,15 +6,18 @@ import it and never each other's upper floor.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+import structlog
 from aiohttp import web
 
 from ..config import Settings
@@ -23,6 +26,9 @@ from ..sns import CertificateCache
 from .opens import OpenCounter
 
 __all__ = ["Database"]  # the app's DB key holds one; re-exported for the API's modules
+
+H = TypeVar("H", bound=Sized)
+log = structlog.get_logger()
 
 # Longest slice of a client's own input that an answer or a log line repeats back: a 2 MB
 # field must not become a 2 MB error body or log line.
@@ -137,6 +143,14 @@ def require_key(request: web.Request) -> None:
         raise ApiError(401, "missing or invalid x-api-key")
 
 
+def require_size(request: web.Request) -> None:
+    """🔑 bodies: 413 past MAX_REQUEST_MB by their Content-Length, before anything is read (a
+    chunked one is cut off by client_max_size as it is read)."""
+    settings = request.app[SETTINGS]
+    if (request.content_length or 0) > settings.max_request_bytes:
+        raise ApiError(413, f"request body is larger than {settings.max_request_mb:g} MB")
+
+
 async def read_capped(request: web.Request, limit: int) -> bytes:
     """The body of an unauthenticated request, refused with 413 past `limit` bytes: by its
     Content-Length before reading anything, and while reading when it is chunked."""
@@ -150,3 +164,34 @@ async def read_capped(request: web.Request, limit: int) -> bytes:
             raise ApiError(413, f"request body is larger than {limit // 1024} KB")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+@contextlib.asynccontextmanager
+async def every(interval: float, job: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """`job` every `interval` seconds while the block runs, and once more after it."""
+
+    async def repeat() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await job()
+
+    task = asyncio.create_task(repeat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await job()
+
+
+async def add_hits(db: Database, add: Callable[[H], None], hits: H, failure: str,
+                   unit: str) -> None:
+    """Adds replays counted in memory to their rows; a failure is logged as `failure` with the
+    number of `unit`s lost, never raised: counts are a nicety, never let them take the API down."""
+    if not hits:
+        return
+    try:
+        await db.run(add, hits)
+    except Exception as exc:
+        log.warning(failure, error=clip(str(exc)), **{unit: len(hits)})

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
+
+from ..addresses import AddressError, canonical_address
 
 
 class ValidationError(ValueError):
@@ -12,3 +16,16 @@ class ValidationError(ValueError):
 def quote(value: str, limit: int = 100) -> str:
     """A value shown in an error message: JSON-quoted, cut short."""
     return orjson.dumps(value[:limit] + ("…" if len(value) > limit else "")).decode()
+
+
+def canonical_addresses(items: list[Any], where: str) -> list[str]:
+    """Each item, a string, as its canonical address; refused at `where[i]` otherwise."""
+    out: list[str] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ValidationError(f"{where}[{i}] must be a string")
+        try:
+            out.append(canonical_address(item.strip()))
+        except AddressError as exc:
+            raise ValidationError(f"{where}[{i}]: {exc}") from None
+    return out

@@ -35,6 +35,7 @@ from .base import (
     json_response,
     read_capped,
     require_key,
+    require_size,
 )
 from .recipients import RECIPIENT_ROUTES, add_recipient_routes
 from .suppressions import add_suppression_routes, stop_held
@@ -61,8 +62,7 @@ async def post_messages(request: web.Request) -> web.Response:
     require_key(request)
     settings = request.app[SETTINGS]
     started = time.perf_counter()
-    if (request.content_length or 0) > settings.max_request_bytes:
-        raise ApiError(413, f"request body is larger than {settings.max_request_mb:g} MB")
+    require_size(request)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         _check_idempotency_key(key)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..addresses import CONTROL_CHARS, AddressError, canonical_address
 from ..messages import BULK, DEFAULT_LIST, STREAMS
-from .checks import ValidationError, quote
+from .checks import ValidationError, canonical_addresses, quote
 
 LIST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 CONFIG_SET = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -102,15 +102,7 @@ def reply_to(msg: dict[str, Any], where: str) -> tuple[str, ...]:
     if not isinstance(items, list) or not items or len(items) > MAX_REPLY_TO:
         raise ValidationError(f"{where}.replyTo must be an address or a list of 1 to "
                               f"{MAX_REPLY_TO} addresses")
-    out: list[str] = []
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise ValidationError(f"{where}.replyTo[{i}] must be a string")
-        try:
-            out.append(canonical_address(item.strip()))
-        except AddressError as exc:
-            raise ValidationError(f"{where}.replyTo[{i}]: {exc}") from None
-    return tuple(out)
+    return tuple(canonical_addresses(items, f"{where}.replyTo"))
 
 
 def encoded_header(value: str) -> str:
@@ -120,16 +112,21 @@ def encoded_header(value: str) -> str:
     return Header(value, "utf-8").encode(maxlinelen=10_000)
 
 
-def headers(msg: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
-    value = msg.get("headers")
+def _pairs(msg: dict[str, Any], field: str, where: str, most: int) -> dict[Any, Any]:
+    """`msg[field]`: an object of at most `most` name: value pairs; empty when absent."""
+    value = msg.get(field)
     if value is None:
-        return ()
-    if not isinstance(value, dict) or len(value) > MAX_HEADERS:
-        raise ValidationError(f"{where}.headers must be an object of at most {MAX_HEADERS} "
+        return {}
+    if not isinstance(value, dict) or len(value) > most:
+        raise ValidationError(f"{where}.{field} must be an object of at most {most} "
                               "name: value pairs")
+    return value
+
+
+def headers(msg: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for name, text in value.items():
+    for name, text in _pairs(msg, "headers", where, MAX_HEADERS).items():
         at = f"{where}.headers[{quote(name, 60)}]"
         if not HEADER_NAME.fullmatch(name):
             raise ValidationError(f"{at}: a header name is 1 to 126 printable ASCII characters "
@@ -152,14 +149,8 @@ def headers(msg: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
 
 
 def tags(msg: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
-    value = msg.get("tags")
-    if value is None:
-        return ()
-    if not isinstance(value, dict) or len(value) > MAX_TAGS:
-        raise ValidationError(f"{where}.tags must be an object of at most {MAX_TAGS} "
-                              "name: value pairs")
     out = []
-    for name, text in value.items():
+    for name, text in _pairs(msg, "tags", where, MAX_TAGS).items():
         if not TAG.fullmatch(name) or not isinstance(text, str) or not TAG.fullmatch(text):
             raise ValidationError(f"{where}.tags[{quote(name, 60)}]: SES tag names and values "
                                   "are 1 to 256 letters, digits, '_' or '-'")

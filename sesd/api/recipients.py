@@ -8,8 +8,7 @@ link previews fetch every link); only its POST does.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -24,7 +23,9 @@ from .base import (
     TRACKING_KEY,
     ApiError,
     LogThrottle,
+    add_hits,
     clip,
+    every,
     read_capped,
 )
 from .clicks import ClickMemory, GroupCommit, location, user_agent
@@ -95,19 +96,9 @@ async def _record(request: web.Request, state: ClickState, item: Click) -> str |
 
 
 async def _flush_clicks(app: web.Application) -> None:
-    hits = app[CLICKS].memory.drain()
-    if hits:
-        db = app[DB]
-        try:
-            await db.run(db.store.add_click_hits, hits)
-        except Exception as exc:  # counts are a nicety: never let them take the API down
-            log.warning("could not add click hits", error=clip(str(exc)), links=len(hits))
-
-
-async def _flush_clicks_forever(app: web.Application) -> None:
-    while True:
-        await asyncio.sleep(CLICK_FLUSH_INTERVAL)
-        await _flush_clicks(app)
+    db = app[DB]
+    await add_hits(db, db.store.add_click_hits, app[CLICKS].memory.drain(),
+                   "could not add click hits", "links")
 
 
 async def _click_resources(app: web.Application) -> AsyncIterator[None]:
@@ -115,15 +106,12 @@ async def _click_resources(app: web.Application) -> AsyncIterator[None]:
     db = app[DB]
     app[CLICKS] = ClickState(ClickMemory(),
                              GroupCommit(lambda batch: db.run(db.store.record_clicks, batch)))
-    flusher = asyncio.create_task(_flush_clicks_forever(app))
-    try:
-        yield
-    finally:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
-        await app[CLICKS].writer.close()
-        await _flush_clicks(app)
+    async with every(CLICK_FLUSH_INTERVAL, functools.partial(_flush_clicks, app)):
+        try:
+            yield
+        finally:
+            # Before the last flush: its counts add to the rows these writes create.
+            await app[CLICKS].writer.close()
 
 
 # -- unsubscribe --------------------------------------------------------------------------------

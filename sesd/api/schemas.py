@@ -14,7 +14,7 @@ from ..addresses import CONTROL_CHARS, AddressError, canonical_address, key_of_c
 from ..messages import BULK, Content
 from ..store import STATUS_NAMES, NewMessage
 from . import bodies, options
-from .checks import ValidationError, quote
+from .checks import ValidationError, canonical_addresses, quote
 
 __all__ = ["ValidationError", "parse_messages", "quote"]
 
@@ -59,14 +59,7 @@ def _emails(msg: dict[str, Any], where: str) -> list[str]:
     emails = msg.get("emails")
     if not isinstance(emails, list) or not emails:
         raise ValidationError(f"{where}.emails must be a non-empty list of addresses")
-    clean: list[str] = []
-    for i, address in enumerate(emails):
-        if not isinstance(address, str):
-            raise ValidationError(f"{where}.emails[{i}] must be a string")
-        try:
-            clean.append(canonical_address(address.strip()))
-        except AddressError as exc:
-            raise ValidationError(f"{where}.emails[{i}]: {exc}") from None
+    clean = canonical_addresses(emails, f"{where}.emails")
     keys = list(map(key_of_canonical, clean))
     if len(set(keys)) == len(keys):  # the usual case, decided at C speed
         return clean

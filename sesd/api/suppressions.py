@@ -19,7 +19,7 @@ from aiohttp import web
 from .. import addresses
 from ..store import ALL_SCOPE
 from . import suppression_rows
-from .base import DB, HOOKS, SETTINGS, ApiError, json_response, require_key
+from .base import DB, HOOKS, ApiError, json_response, require_key, require_size
 from .checks import ValidationError
 
 EXPORT_PAGE = 5_000  # rows per database read while streaming an export
@@ -137,10 +137,8 @@ async def delete_suppression(request: web.Request) -> web.Response:
 async def import_suppressions(request: web.Request) -> web.Response:
     """CSV (header email[,scope][,reason]) or a JSON array; all or nothing."""
     require_key(request)
-    settings = request.app[SETTINGS]
     started = time.perf_counter()
-    if (request.content_length or 0) > settings.max_request_bytes:
-        raise ApiError(413, f"request body is larger than {settings.max_request_mb:g} MB")
+    require_size(request)
     raw = await request.read()  # client_max_size cuts chunked bodies off with a 413
     try:
         # Off the event loop: 100,000 rows take a few hundred milliseconds to check.

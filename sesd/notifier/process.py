@@ -7,11 +7,11 @@ attempts back there, so the supervisor restarts it alone, like the API.
 from __future__ import annotations
 
 import asyncio
-import signal
 from typing import Any
 
 import structlog
 
+from ..child import drain_on_sigterm
 from ..config import Settings
 from ..database import Database
 from ..store import Store
@@ -32,20 +32,8 @@ async def _run(settings: Settings) -> int:
     client = WebhookClient(timeout=settings.webhook_timeout,
                            allow_private=settings.webhook_allow_private)
     notifier = Notifier(settings, db, client)
-    loop = asyncio.get_running_loop()
-    stops = 0
-
-    def on_term() -> None:
-        nonlocal stops
-        stops += 1
-        if stops == 1:
-            log.info("stop requested; finishing in-flight deliveries")
-            notifier.request_stop()
-        else:  # pending deliveries stay pending: the next notifier attempts them again
-            log.warning("second stop signal; exiting without draining")
-            raise SystemExit(1)
-
-    loop.add_signal_handler(signal.SIGTERM, on_term)
+    # A second SIGTERM leaves pending deliveries pending: the next notifier attempts them.
+    drain_on_sigterm(notifier.request_stop, "stop requested; finishing in-flight deliveries")
     log.info("notifier started", concurrency=settings.webhook_concurrency,
              timeout=settings.webhook_timeout, allow_private=settings.webhook_allow_private)
     try:

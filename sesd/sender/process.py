@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
@@ -12,6 +11,7 @@ from typing import Any
 import structlog
 
 from .. import tracking
+from ..child import drain_on_sigterm
 from ..config import Settings
 from ..database import Database
 from ..health import HealthTable
@@ -50,19 +50,9 @@ async def _run(settings: Settings, channels: SenderChannels) -> int:
         log.info("recent sends by a previous sender; waiting one window before sending",
                  window=round(sender.bucket.window, 3))
     loop = asyncio.get_running_loop()
-    stops = 0
-
-    def on_term() -> None:
-        nonlocal stops
-        stops += 1
-        if stops == 1:
-            log.info("stop requested; draining", grace=settings.shutdown_grace)
-            sender.request_stop()
-        else:  # a second SIGTERM: the operator wants out now; claimed rows are recovered later
-            log.warning("second stop signal; exiting without draining")
-            raise SystemExit(1)
-
-    loop.add_signal_handler(signal.SIGTERM, on_term)
+    # A second SIGTERM exits at once: the rows this sender claimed are recovered later.
+    drain_on_sigterm(sender.request_stop, "stop requested; draining",
+                     grace=settings.shutdown_grace)
     try:
         if settings.email_transport == "ses":
             await sender.follow_quota()

@@ -294,6 +294,11 @@ class Counters:
     not_implemented: int = 0  # 404 HTML answers (bulk_unsupported)
     peak_window: int = 0  # max recipients accepted in any sliding 1 s window
 
+    def count_call(self, calls: str) -> None:
+        """One more SES request, and one more of its operation, counted in the field `calls`."""
+        self.requests += 1
+        setattr(self, calls, getattr(self, calls) + 1)
+
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
 
@@ -1035,8 +1040,7 @@ class SesStandin:
         now = time.monotonic()
         t = time.time()
         c = self.counters
-        c.requests += 1
-        c.send_email_calls += 1
+        c.count_call("send_email_calls")
         if not self._authorized(request):
             return self._unauthorized()
         cfg = self._config
@@ -1148,8 +1152,7 @@ class SesStandin:
         now = time.monotonic()
         t = time.time()
         c = self.counters
-        c.requests += 1
-        c.send_bulk_email_calls += 1
+        c.count_call("send_bulk_email_calls")
         cfg = self._config
         if cfg.bulk_unsupported:
             # An emulator without the route answers before looking at the request at all.
@@ -1283,8 +1286,7 @@ class SesStandin:
         return shared, template, parsed
 
     async def _get_account(self, request: web.Request) -> web.Response:
-        self.counters.requests += 1
-        self.counters.get_account_calls += 1
+        self.counters.count_call("get_account_calls")
         if not self._authorized(request):
             return self._unauthorized()
         cfg = self._config  # read per call: a runtime change shows in the next GetAccount
@@ -1302,8 +1304,7 @@ class SesStandin:
         return await self._answer(self._ok(payload), False)
 
     async def _list_suppressed(self, request: web.Request) -> web.Response:
-        self.counters.requests += 1
-        self.counters.list_suppressed_calls += 1
+        self.counters.count_call("list_suppressed_calls")
         if not self._authorized(request):
             return self._unauthorized()
         try:
@@ -1444,6 +1445,38 @@ def _suppressed_arg(value: str) -> tuple[dict[str, Any], ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+# StandinConfig's number knobs as flags: (flag, type, help); each sets the field it names.
+_NUMBER_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("--max-rate", float, "max recipients accepted in any sliding 1 s window; more answers 429 "
+     "TooManyRequestsException (default: unlimited)"),
+    ("--latency-ms", float, "sleep before answering each SES call, in ms (default: %(default)s)"),
+    ("--error-rate", float, "probability of a 500 InternalFailure (default: %(default)s)"),
+    ("--throttle-rate", float, "probability of a spurious 429 TooManyRequestsException "
+     "(default: %(default)s)"),
+    ("--hang-rate", float, "probability of sleeping --hang-seconds before answering "
+     "(default: %(default)s)"),
+    ("--hang-seconds", float, "how long a hanging request sleeps (default: %(default)s)"),
+    ("--seed", int, "random seed for the error/throttle/hang rates"),
+    ("--max-send-rate-reported", float, "SendQuota.MaxSendRate reported by GetAccount "
+     f"(default: --max-rate when set, else {UNLIMITED_QUOTA:g})"),
+    ("--max-24-hour-send", float, "SendQuota.Max24HourSend reported by GetAccount "
+     "(default: %(default)s)"),
+)
+# Its on/off knobs: (flag, field, argparse action, help).
+_SWITCHES: tuple[tuple[str, str, str, str], ...] = (
+    ("--paused", "paused", "store_true", "answer sends with 400 SendingPausedException"),
+    ("--sending-disabled", "sending_enabled", "store_false",
+     "GetAccount reports SendingEnabled false and sends answer SendingPausedException"),
+    ("--sandbox", "production_access_enabled", "store_false",
+     "GetAccount reports ProductionAccessEnabled false (the account is in the sandbox)"),
+    ("--bulk-unsupported", "bulk_unsupported", "store_true",
+     "SendBulkEmail answers 404 with an HTML page, as moto 5.2.5 does"),
+    ("--template-blocks", "template_blocks", "store_true",
+     "render {{#if}}/{{#each}}/... in inline templates; by default they answer 400 "
+     "'Template contains unsupported operations.' as SES does"),
+)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     d = StandinConfig()
     p = argparse.ArgumentParser(
@@ -1466,43 +1499,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backlog", type=int, default=4096, help="listen backlog (default: %(default)s)"
     )
-    p.add_argument(
-        "--max-rate",
-        type=float,
-        default=d.max_rate,
-        help="max recipients accepted in any sliding 1 s window; more answers 429 "
-        "TooManyRequestsException (default: unlimited)",
-    )
-    p.add_argument(
-        "--latency-ms",
-        type=float,
-        default=d.latency_ms,
-        help="sleep before answering each SES call, in ms (default: %(default)s)",
-    )
-    p.add_argument(
-        "--error-rate",
-        type=float,
-        default=d.error_rate,
-        help="probability of a 500 InternalFailure (default: %(default)s)",
-    )
-    p.add_argument(
-        "--throttle-rate",
-        type=float,
-        default=d.throttle_rate,
-        help="probability of a spurious 429 TooManyRequestsException (default: %(default)s)",
-    )
-    p.add_argument(
-        "--hang-rate",
-        type=float,
-        default=d.hang_rate,
-        help="probability of sleeping --hang-seconds before answering (default: %(default)s)",
-    )
-    p.add_argument(
-        "--hang-seconds",
-        type=float,
-        default=d.hang_seconds,
-        help="how long a hanging request sleeps (default: %(default)s)",
-    )
+    for flag, kind, text in _NUMBER_FLAGS:
+        dest = flag[2:].replace("-", "_")
+        p.add_argument(flag, type=kind, default=getattr(d, dest), help=text)
     p.add_argument(
         "--reject-pattern",
         default=d.reject_pattern,
@@ -1515,39 +1514,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="a send whose From address matches answers 400 MessageRejected 'Email address is "
         "not verified...' (bulk: the whole call)",
     )
-    p.add_argument(
-        "--paused",
-        action="store_true",
-        default=d.paused,
-        help="answer sends with 400 SendingPausedException",
-    )
-    p.add_argument(
-        "--sending-disabled",
-        dest="sending_enabled",
-        action="store_false",
-        default=d.sending_enabled,
-        help="GetAccount reports SendingEnabled false and sends answer SendingPausedException",
-    )
-    p.add_argument(
-        "--sandbox",
-        dest="production_access_enabled",
-        action="store_false",
-        default=d.production_access_enabled,
-        help="GetAccount reports ProductionAccessEnabled false (the account is in the sandbox)",
-    )
-    p.add_argument(
-        "--bulk-unsupported",
-        action="store_true",
-        default=d.bulk_unsupported,
-        help="SendBulkEmail answers 404 with an HTML page, as moto 5.2.5 does",
-    )
-    p.add_argument(
-        "--template-blocks",
-        action="store_true",
-        default=d.template_blocks,
-        help="render {{#if}}/{{#each}}/... in inline templates; by default they answer 400 "
-        "'Template contains unsupported operations.' as SES does",
-    )
+    for flag, dest, action, text in _SWITCHES:
+        p.add_argument(flag, dest=dest, action=action, default=getattr(d, dest), help=text)
     p.add_argument(
         "--suppressed",
         type=_suppressed_arg,
@@ -1555,22 +1523,6 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="JSON|@FILE",
         help='what ListSuppressedDestinations answers: a JSON array of {"email", "reason": '
         '"BOUNCE"|"COMPLAINT", "last_update_time"?: epoch seconds}, or @FILE holding one',
-    )
-    p.add_argument(
-        "--seed", type=int, default=d.seed, help="random seed for the error/throttle/hang rates"
-    )
-    p.add_argument(
-        "--max-send-rate-reported",
-        type=float,
-        default=d.max_send_rate_reported,
-        help="SendQuota.MaxSendRate reported by GetAccount (default: --max-rate when set, "
-        f"else {UNLIMITED_QUOTA:g})",
-    )
-    p.add_argument(
-        "--max-24-hour-send",
-        type=float,
-        default=d.max_24_hour_send,
-        help="SendQuota.Max24HourSend reported by GetAccount (default: %(default)s)",
     )
     return p
 

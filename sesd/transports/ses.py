@@ -37,15 +37,7 @@ from ..errors import (
     SendingPausedError,
     ThrottledError,
 )
-from .base import (
-    MAX_BULK_ENTRIES,
-    BulkEntry,
-    BulkTemplate,
-    Email,
-    EntryResult,
-    Envelope,
-    Headers,
-)
+from .base import MAX_BULK_ENTRIES, BulkEntry, BulkTemplate, Email, EntryResult, Envelope, Headers
 from .ses_wire import SEND_BULK_EMAIL, SEND_EMAIL, SesWire
 
 _THROTTLE_CODES = frozenset(

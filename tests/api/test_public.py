@@ -11,9 +11,9 @@ import pytest
 import structlog.testing
 
 from sesd import tracking
-from sesd.api.app import MAX_CERT_BYTES, OPEN_FLUSH_INTERVAL
 from sesd.api.base import OPENS, PUBLIC_BODY_LIMIT, SNS_MESSAGE_MAX
 from sesd.api.handlers import SNS_PATH
+from sesd.api.resources import MAX_CERT_BYTES, OPEN_FLUSH_INTERVAL
 from tests.api.helpers import (
     EMPTY,
     MERGE,
