@@ -52,7 +52,7 @@ MODES = ("single", "bulk", "transactional", "personal", "distinct")
 # A receipt of ~2 kB, with links to track.
 RECEIPT = ("<html><body><h1>Thank you for your order</h1>"
            + "<p>We have received your payment and your items are on their way. "
-             "You can follow the parcel at any time from your account page.</p>" * 8
+             "You can follow the parcel at any time from your account page.</p>" * 15
            + '<p><a href="https://shop.example.com/orders?id={i}&amp;ref=mail">Your order</a> · '
              '<a href="https://shop.example.com/help">Help</a></p></body></html>')
 PERSONAL = ("<html><body><p>Hello {{name}},</p>{{#if vip}}<p>Thanks for being a member.</p>"

@@ -63,8 +63,8 @@ class Soak:
             k += 1
             emails = [f"{topic}-{i}@example.com" for i in range(size)]
             if self.rng.random() < a.distinct_share:  # a transactional burst: one content each
-                messages = [message(topic, [e], at, self.distinct_html(topic, i))
-                            for i, e in enumerate(emails)]
+                messages = [{**message(topic, [e], at, self.distinct_html(topic, i)),
+                             "stream": "transactional"} for i, e in enumerate(emails)]
             else:
                 messages = [message(topic, emails, at)]
             try:

@@ -18,7 +18,10 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' receiver
 
 from common import (
     Service,

@@ -379,7 +379,7 @@ DOCUMENTS = st.recursive(
 
 
 @given(DOCUMENTS)
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @example("<p\x00<a href=https://nul.example>")
 @example("<a\x00 href='https://nul.example'>")
 @example("<p title='x>y'><a href=https://after.example>")
@@ -399,7 +399,7 @@ def test_generated_documents_agree(html: str) -> None:
 
 
 @given(st.text(st.sampled_from([*MARKUP_CHARS, "a", "h", "r", "e", "f", "s", "c", "p", "t"])))
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=800, deadline=None)
 def test_markup_soup_agrees(html: str) -> None:
     agree("<a href=https://soup.example>" + html)
     agree(html + "<a href='https://soup.example'>")

@@ -498,7 +498,7 @@ def library_data(depth: int = 0) -> st.SearchStrategy[dict[str, Any]]:
 
 
 @given(library_templates(), library_data())
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_renders_as_the_library_where_the_library_is_right(
     source: str, data: dict[str, Any]
 ) -> None:
