@@ -156,7 +156,7 @@ class Soak:
         dups = sum(n - 1 for n in logged.values() if n > 1)
         crash_kills = sum(1 for _, role, _ in self.kills if role in ("sender", "supervisor"))
         per_call = 50 if parse_env(a.env).get("EMAIL_BULK", "true") != "false" else 1
-        conc = int(parse_env(a.env).get("MAX_CONCURRENT", max(1, int(2 * a.rate))))
+        conc = int(parse_env(a.env).get("MAX_CONCURRENT", min(1000, max(1, int(2 * a.rate)))))
         st = res["statuses"]
         peak, peak_at = peak_window_at(self.standin.arrivals)
         checks = [
