@@ -19,12 +19,6 @@ pytest_plugins = ["tests.spawn_guard", "pytester"]
 PointAt = Callable[[str], None]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Subprocess tests first (a stable sort): they are the long ones, so the two xdist workers
-    start on them and finish on the quick ones instead of waiting on one long test at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> PointAt:
     """Dummy credentials and none of the developer's AWS configuration; returns a setter for the
