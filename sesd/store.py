@@ -22,6 +22,8 @@ from .errors import StorageFullError
 from .messages import DEFAULT_LIST, Content
 
 CREATED, PROCESSING, SENT, FAILED, STOPPED = 0, 1, 2, 3, 4
+# A webhook delivery's status (the deliveries table).
+PENDING, DELIVERED, GAVE_UP = 0, 1, 2
 ALL_SCOPE = "all"  # a suppression of every mail, as opposed to one list's bulk mail
 UNSUBSCRIBE_REASON = "unsubscribe"
 # The claim takes transactional requests first (lower goes first), then bulk.
@@ -698,8 +700,8 @@ class Store:
                                  result_id=self.db.last_insert_rowid())
             if suppress:
                 cur.executemany(self.SUPPRESS,
-                                [(suppression_key(email), email, reason, sns_message_id, at)
-                                 for email, reason in suppress])
+                                [(suppression_key(email), ALL_SCOPE, email, reason,
+                                  sns_message_id, at) for email, reason in suppress])
         return True
 
     def request_candidates(self, request_id: int | None, message_id: str | None
@@ -744,19 +746,12 @@ class Store:
     # complaints, manual entries: no mail at all) or a list id (unsubscribes: no bulk mail of
     # that list). The address is kept as first given, for display.
 
-    SUPPRESS = """
-        INSERT INTO suppressions (key, scope, email, reason, event, created_at)
-        VALUES (?1, 'all', ?2, ?3, ?4, ?5)
-        ON CONFLICT (key, scope) DO UPDATE SET
-            reason = excluded.reason, event = excluded.event, created_at = excluded.created_at
-    """
-    SUPPRESS_IN = """
-        INSERT INTO suppressions (key, scope, email, reason, event, created_at)
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-        ON CONFLICT (key, scope) DO UPDATE SET
-            reason = excluded.reason, event = excluded.event, created_at = excluded.created_at
-    """
     SUPPRESSION_COLUMNS = "key, scope, email, reason, event, created_at"
+    SUPPRESS = f"""
+        INSERT INTO suppressions ({SUPPRESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        ON CONFLICT (key, scope) DO UPDATE SET
+            reason = excluded.reason, event = excluded.event, created_at = excluded.created_at
+    """
     # An unsubscribe keeps an entry that exists (its first time and reason).
     SUPPRESS_KEEP = f"""
         INSERT INTO suppressions ({SUPPRESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, NULL, ?5)
@@ -794,8 +789,8 @@ class Store:
     def add_suppression(self, email: str, reason: str, event: str | None = None, *,
                         scope: str = ALL_SCOPE) -> None:
         with self._write() as cur:
-            cur.execute(self.SUPPRESS_IN, (suppression_key(email), scope, email, reason, event,
-                                           now_ms()))
+            cur.execute(self.SUPPRESS, (suppression_key(email), scope, email, reason, event,
+                                        now_ms()))
 
     # Not a request whose call has started (sending_at): SES has it, it ends as SES answers.
     STOP_HELD = (f"UPDATE requests SET status = {STOPPED}, error = ?, updated_at = ? "
@@ -1135,7 +1130,7 @@ class Store:
         delivery."""
         at = now_ms()
         with self._write() as cur:
-            cur.execute(f"UPDATE deliveries SET status = {CREATED}, attempts = 0, next_at = ?, "
+            cur.execute(f"UPDATE deliveries SET status = {PENDING}, attempts = 0, next_at = ?, "
                         "first_at = ?, updated_at = ? WHERE id = ? AND webhook_id = ?",
                         (at, at, at, delivery_id, webhook_id))
             if not self.db.changes():
@@ -1198,7 +1193,7 @@ class Store:
         LEFT JOIN requests AS r ON r.id = e.request_id
         LEFT JOIN contents AS c ON c.id = r.content_id
         LEFT JOIN results AS res ON res.id = e.result_id
-        WHERE d.webhook_id = ? AND d.status = {CREATED} AND d.next_at <= ?
+        WHERE d.webhook_id = ? AND d.status = {PENDING} AND d.next_at <= ?
         ORDER BY d.next_at, d.id LIMIT ?
     """
 
@@ -1220,27 +1215,26 @@ class Store:
                 failed.append((a.error, a.http_status, a.at, a.delivery_id))
         with self._write() as cur:
             if done:
-                cur.executemany(f"UPDATE deliveries SET status = {PROCESSING}, attempts = "
+                cur.executemany(f"UPDATE deliveries SET status = {DELIVERED}, attempts = "
                                 "attempts + 1, "
                                 "last_error = NULL, last_status = ?, delivered_at = ?, "
                                 "updated_at = ? WHERE id = ?", done)
             if retry:
                 cur.executemany("UPDATE deliveries SET attempts = attempts + 1, next_at = ?, "
                                 "last_error = ?, last_status = ?, updated_at = ? "
-                                f"WHERE id = ? AND status = {CREATED}", retry)
+                                f"WHERE id = ? AND status = {PENDING}", retry)
             if failed:
-                cur.executemany(f"UPDATE deliveries SET status = {SENT}, attempts = attempts + 1, "
-                                "last_error = ?, last_status = ?, updated_at = ? "
-                                f"WHERE id = ? AND status = {CREATED}", failed)
+                cur.executemany(f"UPDATE deliveries SET status = {GAVE_UP}, "
+                                "attempts = attempts + 1, last_error = ?, last_status = ?, "
+                                f"updated_at = ? WHERE id = ? AND status = {PENDING}", failed)
 
     def hurry_deliveries(self, webhook_id: int, at: int | None = None) -> int:
         """The endpoint answers again: its backed-off pending deliveries are due now rather
         than at the end of their (by now long) backoff."""
         at = now_ms() if at is None else at
         with self._write() as cur:
-            cur.execute("UPDATE deliveries SET next_at = ? WHERE webhook_id = ? AND status = "
-                        f"{CREATED} "
-                        "AND next_at > ?", (at, webhook_id, at))
+            cur.execute(f"UPDATE deliveries SET next_at = ? WHERE webhook_id = ? "
+                        f"AND status = {PENDING} AND next_at > ?", (at, webhook_id, at))
             return self.db.changes()
 
     def expire_deliveries(self, webhook_id: int, window_ms: int, at: int | None = None) -> int:
@@ -1248,16 +1242,15 @@ class Store:
         an endpoint held shut, so no attempt of theirs could end them)."""
         at = now_ms() if at is None else at
         with self._write() as cur:
-            cur.execute(f"UPDATE deliveries SET status = {SENT}, updated_at = ?1, last_error = "
-                        "COALESCE(last_error, 'the endpoint was unreachable') || "
+            cur.execute(f"UPDATE deliveries SET status = {GAVE_UP}, updated_at = ?1, "
+                        "last_error = COALESCE(last_error, 'the endpoint was unreachable') || "
                         "' (gave up: not delivered within the retry window)' "
-                        f"WHERE webhook_id = ?2 AND status = {CREATED} AND first_at < ?3",
+                        f"WHERE webhook_id = ?2 AND status = {PENDING} AND first_at < ?3",
                         (at, webhook_id, at - window_ms))
             return self.db.changes()
 
 
 EVENT_CURSOR = "webhook_event_cursor"
-PENDING, DELIVERED, GAVE_UP = 0, 1, 2
 DELIVERY_STATUS_NAMES = ("pending", "delivered", "failed")
 
 

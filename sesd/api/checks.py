@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from ..addresses import AddressError, canonical_address
+from ..addresses import AddressError, canonical_address, shown
 
 
 class ValidationError(ValueError):
@@ -14,8 +12,8 @@ class ValidationError(ValueError):
 
 
 def quote(value: str, limit: int = 100) -> str:
-    """A value shown in an error message: JSON-quoted, cut short."""
-    return orjson.dumps(value[:limit] + ("…" if len(value) > limit else "")).decode()
+    """A value shown in an error message: JSON-quoted, cut short (as addresses.shown does)."""
+    return shown(value, limit)
 
 
 def canonical_addresses(items: list[Any], where: str) -> list[str]:

@@ -47,7 +47,8 @@ def scope(value: str | None, where: str = "scope") -> str:
     """`all` (the default) or a list id, as the messages' `list` takes it."""
     if value is None or value == "":
         return ALL_SCOPE
-    if value != ALL_SCOPE and not LIST_ID.fullmatch(value):
+    if value != ALL_SCOPE and (not LIST_ID.fullmatch(value) or value.lower() == ALL_SCOPE):
+        # No message can have a list named "All" (options.list_id): such a row would match none.
         raise ValidationError(f"{where} must be \"all\" or a list id (1 to 64 letters, digits, "
                               f"'.', '_' or '-'), got {quote(value, 70)}")
     return value
